@@ -1,0 +1,7 @@
+"""The decoder-only transformer: `ModelConfig`, `Decoder`, and named `presets`."""
+
+from lm.model import presets
+from lm.model.config import ModelConfig
+from lm.model.transformer import Decoder
+
+__all__ = ["ModelConfig", "Decoder", "presets"]
