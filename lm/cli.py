@@ -1,0 +1,68 @@
+"""`lm <command>` (or `python -m lm <command>`): parses flags, loads the config, dispatches.
+
+  lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
+  lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py), optionally `file.py:arg`; "
+    "override fields with --config.section.field=value.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
+flags.DEFINE_string("prompt", "", "sample: text to continue.")
+flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate.")
+flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
+flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
+flags.DEFINE_integer("seed", 0, "sample: random seed.")
+
+
+def _require(*names: str) -> None:
+  missing = [f"--{name}" for name in names if FLAGS[name].value is None]
+  if missing:
+    raise app.UsageError(f"missing {', '.join(missing)}")
+
+
+def train(argv) -> None:
+  """Trains the --config in --workdir, resuming from its newest checkpoint."""
+  del argv
+  _require("config", "workdir")
+  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def sample(argv) -> None:
+  """Prints a continuation of --prompt from the newest checkpoint in --workdir."""
+  del argv
+  _require("workdir")
+  # pylint: disable=import-outside-toplevel
+  from lm.data import tokenizer as tokenizer_lib
+  from lm.infer.sample import generate
+  from lm.model import Decoder
+  from lm.train.checkpoint import load_for_inference
+  config, model_config, params = load_for_inference(FLAGS.workdir)
+  tokenizer = tokenizer_lib.get(config.data.tokenizer)
+  prompt = tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
+  new_tokens = generate(Decoder(model_config), params, prompt, FLAGS.max_new_tokens,
+                        FLAGS.temperature, FLAGS.top_k, FLAGS.seed, stop_id=tokenizer.eos_id)
+  print(FLAGS.prompt + tokenizer.decode(new_tokens))
+
+
+COMMANDS = {"train": train, "sample": sample}
+
+
+def main() -> None:
+  if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    names = ", ".join(COMMANDS)
+    sys.stderr.write(f"usage: lm <command> [flags]; commands: {names}\n"
+                     "       lm <command> --help for the flags of one command\n")
+    sys.exit(2)
+  command = sys.argv[1]
+  logging.set_verbosity(logging.WARNING)
+  app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])

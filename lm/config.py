@@ -1,0 +1,101 @@
+"""The experiment config: a locked ml_collections ConfigDict with one section per module.
+
+Files in configs/ start from `base_config()`, set what their experiment needs, and return
+it locked, so `--config.train.lr=3e-4` works and `--config.train.lrr=3e-4` is an error.
+Every ModelConfig field can be overridden on top of `model.preset`.
+"""
+
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from lm.model import ModelConfig, presets
+from lm.model.config import model_config_fields
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.stage = "pretrain"
+
+  # model: a preset plus optional per-field overrides (None keeps the preset's value).
+  config.model = ml_collections.ConfigDict()
+  config.model.preset = "tiny"
+  for name, field_type in model_config_fields().items():
+    config.model[name] = config_dict.placeholder(field_type)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "builtin:stdlib"  # builtin:stdlib | synthetic:markov | text:<glob>
+  config.data.tokenizer = "byte"
+  config.data.cache_dir = "~/.cache/lm/data"
+  config.data.eval_every_nth_chunk = 20   # 1 in 20 chunks of the stream is held out
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 1000
+  config.train.batch_size = 32            # global, in sequences
+  config.train.seq_len = 256
+  config.train.grad_accum = 1             # micro-batches per step; batch_size must divide
+  config.train.optimizer = "adamw"        # adamw | adafactor
+  config.train.lr = 1e-3
+  config.train.warmup_steps = 100
+  config.train.min_lr_ratio = 0.1
+  config.train.b1 = 0.9
+  config.train.b2 = 0.95
+  config.train.eps = 1e-8
+  config.train.weight_decay = 0.1
+  config.train.grad_clip = 1.0            # global-norm clipping; 0 disables
+  config.train.z_loss = 0.0               # weight of log(Z)^2 (PaLM uses 1e-4)
+  config.train.log_every = 50
+  config.train.eval_every = 500
+  config.train.eval_batches = 8
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 3
+  config.train.peak_flops = 0.0           # per device, for MFU; 0: look up the device kind
+
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1                   # -1: every device not used by the other axes
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+  return config
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config.lock()
+  return config
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The preset named by `model.preset` with every non-None `model.*` field applied."""
+  base = presets.get(config.model.preset)
+  overrides = {f.name: config.model[f.name] for f in dataclasses.fields(ModelConfig)
+               if config.model[f.name] is not None}
+  return base.replace(**overrides)
+
+
+def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vocab: int,
+             num_data_shards: int) -> None:
+  """Fails before anything compiles, naming each config field that cannot work."""
+  t = config.train
+  errors = []
+  for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
+               "checkpoint_every", "keep_checkpoints"):
+    if t[name] <= 0:
+      errors.append(f"train.{name}={t[name]} must be positive")
+  if t.grad_accum > 0 and t.batch_size % t.grad_accum:
+    errors.append(f"train.batch_size={t.batch_size} is not divisible by "
+                  f"train.grad_accum={t.grad_accum}")
+  elif t.grad_accum > 0 and (t.batch_size // t.grad_accum) % num_data_shards:
+    errors.append(f"train.batch_size={t.batch_size} / train.grad_accum={t.grad_accum} must be "
+                  f"divisible by mesh.data * mesh.fsdp = {num_data_shards}")
+  if t.seq_len > model.max_seq_len:
+    errors.append(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
+  if tokenizer_vocab > model.vocab_size:
+    errors.append(f"model.vocab_size={model.vocab_size} is smaller than the vocabulary of "
+                  f"data.tokenizer={config.data.tokenizer!r} ({tokenizer_vocab})")
+  if not 0 <= t.min_lr_ratio <= 1:
+    errors.append(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
+  if t.lr <= 0:
+    errors.append(f"train.lr={t.lr} must be positive")
+  if errors:
+    raise ValueError("Invalid config: " + "; ".join(errors))

@@ -1,0 +1,35 @@
+"""The device mesh (data, fsdp, tensor) from `config.mesh`."""
+
+import math
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(mesh_config, num_devices: int) -> tuple[int, int, int]:
+  """Sizes of (data, fsdp, tensor); one of them may be -1 for "the remaining devices"."""
+  sizes = [int(mesh_config[axis]) for axis in AXES]
+  free = [axis for axis, size in zip(AXES, sizes) if size == -1]
+  bad = [f"mesh.{axis}={size}" for axis, size in zip(AXES, sizes) if size == 0 or size < -1]
+  if bad or len(free) > 1:
+    raise ValueError(f"Invalid mesh: {', '.join(bad) or 'more than one axis is -1'}; "
+                     "sizes must be positive, and at most one of them -1")
+  fixed = math.prod(size for size in sizes if size != -1)
+  if free:
+    if num_devices % fixed:
+      raise ValueError(f"mesh.{free[0]}=-1 cannot fill {num_devices} devices: the other axes "
+                       f"multiply to {fixed}, which does not divide {num_devices}")
+    sizes[AXES.index(free[0])] = num_devices // fixed
+  elif fixed != num_devices:
+    raise ValueError(f"mesh.data * mesh.fsdp * mesh.tensor = {fixed} but there are "
+                     f"{num_devices} devices; make the product equal, or set one axis to -1")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+  """A mesh with Auto axis types, so logical sharding constraints steer the compiler."""
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)

@@ -1,0 +1,1 @@
+"""Training stages: each supplies its batch format and loss to the shared step."""

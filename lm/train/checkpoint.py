@@ -1,0 +1,66 @@
+"""Orbax checkpoints: async save of the train state beside the data position, keep the last K,
+and restore the newest one onto whatever shardings the current run asks for.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from lm import config as config_lib
+from lm.model import Decoder
+from lm.parallel import mesh as mesh_lib
+from lm.parallel import rules as rules_lib
+from lm.train import optim
+from lm.train import state as state_lib
+
+
+def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                         create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, state, data_state: dict, force: bool = False) -> bool:
+  """Starts an async save of `state` at its step; returns at once while bytes are written."""
+  step = int(jax.device_get(state.step))
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    data=ocp.args.JsonSave(data_state)),
+                      force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
+  """(state, data_state) of the newest checkpoint, or None when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  target = rules_lib.with_shardings(abstract_state, shardings)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                           data=ocp.args.JsonRestore()))
+  return restored["state"], restored["data"]
+
+
+def load_for_inference(workdir: str):
+  """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
+  with open(config_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model_config = config_lib.model_config(config)
+  model = Decoder(model_config)
+  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  rules = rules_lib.DEFAULT_RULES
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = state_lib.state_shardings(model, optim.make_optimizer(config.train),
+                                                    mesh, rules)
+    manager = make_manager(workdir, keep=config.train.keep_checkpoints)
+    restored = restore_latest(manager, abstract, shardings)
+    manager.close()
+  if restored is None:
+    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
+  return config, model_config, restored[0].params

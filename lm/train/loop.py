@@ -1,0 +1,209 @@
+"""train_and_evaluate(config, workdir): the training loop, readable top to bottom.
+
+Set-up (tokenizer, model, mesh, validation, data), then state (restored from the newest
+checkpoint in `workdir`, else initialised sharded), then one `for step` loop with a jitted,
+donated step and three periodic jobs: log, evaluate, checkpoint. The loss comes from the
+stage (`config.stage`), so later stages reuse this loop with their own loss and batches.
+"""
+
+import math
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lm import config as config_lib
+from lm.data import batches as batches_lib
+from lm.data import sources
+from lm.data import tokenizer as tokenizer_lib
+from lm.model import Decoder
+from lm.parallel import mesh as mesh_lib
+from lm.parallel import rules as rules_lib
+from lm.stages import pretrain
+from lm.train import checkpoint as checkpoint_lib
+from lm.train import metrics as metrics_lib
+from lm.train import optim
+from lm.train import state as state_lib
+
+STAGES = {"pretrain": pretrain}
+
+
+def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: Callable,
+                    train_config: ml_collections.ConfigDict) -> Callable:
+  """(state, batch) -> (state, metrics): gradient accumulation, one optimizer update."""
+  schedule = optim.learning_rate_schedule(train_config)
+  accum, z_loss = train_config.grad_accum, train_config.z_loss
+
+  def apply(params, tokens, **kwargs):
+    return model.apply({"params": params}, tokens, **kwargs)
+
+  grad_fn = jax.grad(lambda p, b: loss_fn(apply, p, b, z_loss), has_aux=True)
+
+  def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
+    if accum == 1:
+      grads, sums = grad_fn(state.params, batch)
+    else:
+      # Micro-batch i takes rows i, i + accum, ...: every device keeps an equal share.
+      micro = jax.tree.map(
+          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
+          batch)  # [A, B / A, T]
+      zeros = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+
+      def add_micro_batch(total, micro_batch):
+        return jax.tree.map(jnp.add, total, grad_fn(state.params, micro_batch)), None
+
+      (grads, sums), _ = jax.lax.scan(add_micro_batch, zeros, micro)
+    weight = jnp.maximum(sums["weight"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)  # token-mean over the whole batch
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": sums["nll"] / weight, "grad_norm": optax.tree.norm(grads),
+               "lr": schedule(state.step)}
+    if z_loss:
+      metrics["z_loss"] = sums["z_loss"] / weight
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def make_eval_step(model: Decoder, loss_fn: Callable, token_bytes: np.ndarray) -> Callable:
+  """params, batch -> sums of nll, tokens and bytes (bits per byte compares tokenizers)."""
+  token_bytes = jnp.asarray(token_bytes)
+
+  def eval_step(params, batch):
+    _, sums = loss_fn(lambda p, t, **kw: model.apply({"params": p}, t, **kw), params, batch)
+    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
+    return sums
+
+  return eval_step
+
+
+def evaluate(eval_step: Callable, params, eval_batches: list) -> dict[str, float]:
+  totals: dict[str, float] = {}
+  for batch in eval_batches:
+    for name, value in jax.device_get(eval_step(params, batch)).items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+  loss = totals["nll"] / max(totals["weight"], 1.0)
+  return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+          "eval_bits_per_byte": totals["nll"] / math.log(2) / max(totals["bytes"], 1.0)}
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns last metrics."""
+  t = config.train
+  is_main = jax.process_index() == 0
+
+  # Set-up: everything that can fail on bad input fails here, before compiling.
+  if config.stage not in STAGES:
+    raise ValueError(f"stage={config.stage!r} is not one of {sorted(STAGES)}")
+  stage = STAGES[config.stage]
+  tokenizer = tokenizer_lib.get(config.data.tokenizer)
+  model_config = config_lib.model_config(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  num_data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  config_lib.validate(config, model_config, tokenizer.vocab_size, num_data_shards)
+  corpus = sources.load_corpus(config.data.source, tokenizer, config.data.cache_dir,
+                               config.data.eval_every_nth_chunk)
+  batches_lib.check_length(corpus.train, t.seq_len, "train")
+  batches_lib.check_length(corpus.eval, t.seq_len, "eval")
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    save_config(config, workdir)
+
+  model = Decoder(model_config)
+  tx = optim.make_optimizer(t)
+  rules = rules_lib.DEFAULT_RULES
+  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  num_params = state_lib.count_params(abstract_state.params)
+  flops_per_step = state_lib.flops_per_token(model_config, t.seq_len) * t.batch_size * t.seq_len
+  peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
+  data_sharding = rules_lib.batch_sharding(mesh)
+  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+  def to_global(batch):
+    return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in batch.items()}
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    # State: resume from the newest checkpoint, or initialise directly in sharded form.
+    manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
+    restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings)
+    if restored is None:
+      state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
+    else:
+      state, _ = restored
+    start_step = int(jax.device_get(state.step))
+    logging.info("Model %s: %.2fM parameters; %s from step %d on mesh %s",
+                 config.model.preset, num_params / 1e6,
+                 "resuming" if restored else "starting", start_step, dict(mesh.shape))
+
+    train_step = jax.jit(make_train_step(model, tx, stage.loss_fn, t),
+                         in_shardings=(shardings, data_sharding),
+                         out_shardings=(shardings, rules_lib.replicated(mesh)),
+                         donate_argnums=(0,))
+    eval_step = jax.jit(make_eval_step(model, stage.loss_fn, tokenizer.token_bytes),
+                        in_shardings=(shardings.params, data_sharding))
+    eval_data = [to_global(b) for b in batches_lib.eval_batches(
+        corpus.eval, t.batch_size, t.seq_len, t.eval_batches, **process)]
+
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
+    last_metrics: dict[str, Any] = {"step": start_step}
+    timer_step, timer_start = start_step, time.perf_counter()
+
+    for step in range(start_step, t.steps):
+      batch = to_global(batches_lib.train_batch(corpus.train, t.batch_size, t.seq_len,
+                                                config.seed, step, **process))
+      state, step_metrics = train_step(state, batch)
+      done = step + 1
+
+      if step == start_step:  # the first step compiles: keep it out of tokens/s
+        jax.block_until_ready(step_metrics)
+        logging.info("First step (compile included) took %.1fs",
+                     time.perf_counter() - timer_start)
+        timer_step, timer_start = done, time.perf_counter()
+
+      if done % t.log_every == 0 or done == t.steps:
+        host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        elapsed = time.perf_counter() - timer_start
+        seconds_per_step = elapsed / max(done - timer_step, 1)
+        if done > timer_step:
+          host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
+          host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
+        writer.write(done, host_metrics)
+        progress.update(done, host_metrics["loss"], host_metrics.get("tokens_per_sec", 0.0),
+                        host_metrics.get("mfu", 0.0), seconds_per_step)
+        last_metrics = {"step": done, **host_metrics}
+        timer_step, timer_start = done, time.perf_counter()
+
+      if done % t.eval_every == 0 or done == t.steps:
+        eval_metrics = evaluate(eval_step, state.params, eval_data)
+        writer.write(done, eval_metrics)
+        progress.message(f"eval at step {done}: loss {eval_metrics['eval_loss']:.4f} | "
+                         f"ppl {eval_metrics['eval_perplexity']:.2f} | "
+                         f"bits/byte {eval_metrics['eval_bits_per_byte']:.4f}")
+        last_metrics.update(eval_metrics)
+        timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
+
+      if done % t.checkpoint_every == 0 or done == t.steps:
+        checkpoint_lib.save(manager, state, {"step": done, "seed": config.seed})
+
+    manager.wait_until_finished()
+    manager.close()
+    progress.close()
+    writer.close()
+  if corpus.entropy_rate is not None:
+    last_metrics["entropy_rate"] = corpus.entropy_rate
+  return last_metrics

@@ -1,0 +1,106 @@
+"""What a run reports: metrics.jsonl, TensorBoard events, and one updating progress line.
+
+Only process 0 writes. TensorBoard files come from tensorboardX, so TensorFlow is not needed.
+"""
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+# Dense peak FLOP/s per chip for the compute dtypes we train in (bf16 on accelerators).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+}
+# A CPU has no published number: assume 2.5 GHz x 32 float32 FLOPs per cycle (two 256-bit FMA
+# pipes) per core, which is close to what AVX2/AVX-512 machines reach in matmuls.
+CPU_FLOPS_PER_CORE = 2.5e9 * 32
+
+
+def peak_flops_per_device(override: float = 0.0) -> float:
+  if override > 0:
+    return override
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / len(jax.devices())
+  for name, flops in PEAK_FLOPS.items():  # longest, most specific names come first
+    if name.lower() in device.device_kind.lower():
+      return flops
+  return float("nan")
+
+
+class MetricsWriter:
+  """metrics.jsonl (one object per logged step) and TensorBoard scalars in `workdir`."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    self.tensorboard = SummaryWriter(logdir=workdir, flush_secs=10)
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self.jsonl.write(json.dumps(record) + "\n")
+    self.jsonl.flush()
+    for name, value in metrics.items():
+      self.tensorboard.add_scalar(name, float(value), int(step))
+
+  def close(self) -> None:
+    if self.enabled:
+      self.jsonl.close()
+      self.tensorboard.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine:
+  """`step 120/600 | loss 2.310 | 41.2k tok/s | MFU 12.1% | ETA 1:53` on one terminal line."""
+
+  def __init__(self, total_steps: int, enabled: bool = True, stream=sys.stdout):
+    self.total_steps = total_steps
+    self.enabled = enabled
+    self.stream = stream
+    self.interactive = stream.isatty()
+
+  def update(self, step: int, loss: float, tokens_per_sec: float, mfu: float,
+             seconds_per_step: float, extra: str = "") -> None:
+    if not self.enabled:
+      return
+    eta = _duration((self.total_steps - step) * seconds_per_step)
+    line = (f"step {step}/{self.total_steps} | loss {loss:.4f} | "
+            f"{tokens_per_sec / 1e3:.1f}k tok/s | MFU {100 * mfu:.1f}% | ETA {eta}{extra}")
+    if self.interactive:
+      self.stream.write("\r\033[K" + line)
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()
+
+  def message(self, text: str) -> None:
+    """A line of its own (evaluation, checkpoint), keeping the progress line below it."""
+    if self.enabled:
+      self.stream.write(("\r\033[K" if self.interactive else "") + text + "\n")
+      self.stream.flush()
+
+  def close(self) -> None:
+    if self.enabled and self.interactive:
+      self.stream.write("\n")
+      self.stream.flush()

@@ -1,0 +1,32 @@
+"""lm: JAX/Flax large language models, from a laptop CPU to a TPU pod."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="lm",
+    version="0.1.0",
+    description="A JAX/Flax research codebase for large language models",
+    python_requires=">=3.11",
+    packages=find_packages(include=["lm", "lm.*"]),
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "tensorflow-datasets==4.9.10",
+        "grain==0.2.18",
+        "array-record==0.8.6",
+        "ml-collections==1.1.0",
+        "absl-py==2.5.1",
+        "numpy==2.4.6",
+        "tensorboardX==2.6.5",
+    ],
+    extras_require={
+        # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).
+        "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
+        "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
+                 "safetensors==0.8.0"],
+    },
+    entry_points={"console_scripts": ["lm=lm.cli:main"]},
+)
