@@ -4,6 +4,7 @@
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
 """
 
+import re
 import sys
 
 from absl import app
@@ -65,4 +66,17 @@ def main() -> None:
     sys.exit(2)
   command = sys.argv[1]
   logging.set_verbosity(logging.WARNING)
-  app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])
+  try:
+    app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])
+  except (AttributeError, KeyError) as e:
+    # ml_collections rejects an unknown --config.a.b key with a bare "'b'"; name the flag.
+    words = set(re.findall(r"\w+", str(e).split("Did you mean")[0]))
+    overrides = [a.split("=")[0][len("--config."):] for a in sys.argv[2:]
+                 if a.startswith("--config.")]
+    culprits = [key for key in overrides if words.intersection(key.split("."))]
+    if not culprits:
+      raise
+    hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', str(e))
+    sys.stderr.write(f"Unknown config key {culprits[0]!r} (--config.{culprits[0]}). "
+                     f"{hint.group(0) if hint else ''}\n")
+    sys.exit(2)

@@ -5,7 +5,6 @@ and restore the newest one onto whatever shardings the current run asks for.
 import json
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -54,13 +53,11 @@ def load_for_inference(workdir: str):
   model_config = config_lib.model_config(config)
   model = Decoder(model_config)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  rules = rules_lib.DEFAULT_RULES
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    abstract, shardings = state_lib.state_shardings(model, optim.make_optimizer(config.train),
-                                                    mesh, rules)
-    manager = make_manager(workdir, keep=config.train.keep_checkpoints)
-    restored = restore_latest(manager, abstract, shardings)
-    manager.close()
+  abstract, shardings = state_lib.state_shardings(model, optim.make_optimizer(config.train), mesh,
+                                                  rules_lib.DEFAULT_RULES)
+  manager = make_manager(workdir, keep=config.train.keep_checkpoints)
+  restored = restore_latest(manager, abstract, shardings)
+  manager.close()
   if restored is None:
     raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
   return config, model_config, restored[0].params

@@ -145,9 +145,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       state, _ = restored
     start_step = int(jax.device_get(state.step))
-    logging.info("Model %s: %.2fM parameters; %s from step %d on mesh %s",
-                 config.model.preset, num_params / 1e6,
-                 "resuming" if restored else "starting", start_step, dict(mesh.shape))
 
     train_step = jax.jit(make_train_step(model, tx, stage.loss_fn, t),
                          in_shardings=(shardings, data_sharding),
@@ -160,6 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
+    progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
+                     f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
+                     f"mesh {dict(mesh.shape)}, workdir {workdir}")
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
 
