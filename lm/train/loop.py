@@ -160,6 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
                      f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
                      f"mesh {dict(mesh.shape)}, workdir {workdir}")
+    if corpus.entropy_rate is not None:
+      progress.message(f"The source's entropy rate, the lowest reachable loss: "
+                       f"{corpus.entropy_rate:.4f} nats/token")
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
 
