@@ -59,8 +59,8 @@ def random_params():
 
 
 @pytest.fixture(scope="session")
-def run():
-  """run(cfg, params, tokens, positions=None, segment_ids=None) -> numpy float32 logits.
+def logits_of():
+  """logits_of(cfg, params, tokens, positions=None, segment_ids=None) -> numpy float32 logits.
 
   One jitted function per config, with positions always passed explicitly, so tests that use
   the same config and shapes share one compilation.
