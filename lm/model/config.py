@@ -63,9 +63,18 @@ class ModelConfig:
       errors.append(f"model.d_model={self.d_model} is not divisible by "
                     f"model.num_heads={self.num_heads}; set model.head_dim explicitly")
     if self.positions == "rope" and self.resolved_head_dim % 2:
-      errors.append(f"RoPE needs an even head dimension, got {self.resolved_head_dim}")
-    if self.sliding_window < 0:
-      errors.append(f"model.sliding_window={self.sliding_window} must be >= 0")
+      errors.append(f"model.head_dim={self.resolved_head_dim} (d_model / num_heads when 0) must "
+                    "be even for RoPE; change it or use model.positions='learned'")
+    for name in ("head_dim", "sliding_window"):
+      if getattr(self, name) < 0:
+        errors.append(f"model.{name}={getattr(self, name)} must be >= 0 (0: "
+                      f"{'d_model // num_heads' if name == 'head_dim' else 'no window'})")
+    if self.rope_scaling == "llama3" and self.rope_low_freq_factor >= self.rope_high_freq_factor:
+      errors.append(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be below "
+                    f"model.rope_high_freq_factor={self.rope_high_freq_factor}")
+    for name in ("rope_theta", "norm_eps", "init_std"):
+      if getattr(self, name) <= 0:
+        errors.append(f"model.{name}={getattr(self, name)} must be positive")
     for name, kinds in (("norm", NormKind), ("mlp", MlpKind), ("positions", PositionKind),
                         ("rope_scaling", RopeScaling), ("dtype", DType),
                         ("remat", RematPolicy)):

@@ -93,7 +93,7 @@ def test_training_approaches_the_entropy_bound(make_config, tmp_path):
   """On a Markov source no model can beat the entropy rate; a good one gets close."""
   config = make_config(train__steps=150, train__batch_size=16, train__seq_len=64,
                        train__warmup_steps=15, train__log_every=50, train__eval_every=150,
-                       train__eval_batches=4, data__source="synthetic:markov:states=8")
+                       train__eval_batches=8, data__source="synthetic:markov:states=8")
   result = train_and_evaluate(config, str(tmp_path))
   bound = result["entropy_rate"]
   initial = train_losses(str(tmp_path))[50]
