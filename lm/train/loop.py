@@ -172,22 +172,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, step_metrics = train_step(state, batch)
       done = step + 1
 
-      if step == start_step:  # the first step compiles: keep it out of tokens/s
+      if step == start_step:  # the first step compiles: keep it out of later tokens/s
         jax.block_until_ready(step_metrics)
-        logging.info("First step (compile included) took %.1fs",
-                     time.perf_counter() - timer_start)
+        first_step_seconds = time.perf_counter() - timer_start
+        logging.info("First step (compile included) took %.1fs", first_step_seconds)
         timer_step, timer_start = done, time.perf_counter()
 
       if done % t.log_every == 0 or done == t.steps:
         host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        elapsed = time.perf_counter() - timer_start
-        seconds_per_step = elapsed / max(done - timer_step, 1)
         if done > timer_step:
-          host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
-          host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
+          seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
+        else:  # only the compiling step so far
+          seconds_per_step = first_step_seconds
+        host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
+        host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
         writer.write(done, host_metrics)
-        progress.update(done, host_metrics["loss"], host_metrics.get("tokens_per_sec", 0.0),
-                        host_metrics.get("mfu", 0.0), seconds_per_step)
+        progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
+                        host_metrics["mfu"], seconds_per_step)
         last_metrics = {"step": done, **host_metrics}
         timer_step, timer_start = done, time.perf_counter()
 

@@ -39,9 +39,9 @@ def test_loss_falls_and_outputs_are_written(short_run):
   metrics = read_metrics(workdir)
   losses = [m["loss"] for m in metrics if "loss" in m]
   assert len(losses) == 6 and losses[-1] < losses[0]
-  logged = [m for m in metrics if "loss" in m][-1]
-  for key in ("step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu"):
-    assert np.isfinite(logged[key]), key
+  for logged in (m for m in metrics if "loss" in m):
+    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu"):
+      assert np.isfinite(logged[key]) and logged[key] >= 0, key
   evals = [m for m in metrics if "eval_loss" in m]
   assert [m["step"] for m in evals] == [3, 6]
   for m in evals:
