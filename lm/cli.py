@@ -2,6 +2,9 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
+
+Many hosts: run the same `lm train` on every host. Cloud TPU and SLURM are detected; elsewhere
+pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
 import re
@@ -22,6 +25,9 @@ flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def _require(*names: str) -> None:
@@ -34,7 +40,10 @@ def train(argv) -> None:
   """Trains the --config in --workdir, resuming from its newest checkpoint."""
   del argv
   _require("config", "workdir")
-  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from lm.parallel.mesh import initialize_distributed
+  from lm.train.loop import train_and_evaluate
+  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,6 +1,7 @@
-"""The device mesh (data, fsdp, tensor) from `config.mesh`."""
+"""The device mesh (data, fsdp, tensor) from `config.mesh`, and joining a multi-host job."""
 
 import math
+import os
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -33,3 +34,23 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+# Environment variables that mean "this process is one of many, and JAX can find the others".
+_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID",
+                "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins the multi-host job: explicit flags, or automatic on Cloud TPU pods and SLURM.
+
+  On CPU the processes exchange data through gloo collectives (tests and laptops).
+  """
+  if coordinator_address is None and not any(v in os.environ for v in _CLUSTER_ENV):
+    return  # a single process
+  if coordinator_address is not None and (num_processes is None or process_id is None):
+    raise ValueError("--coordinator_address needs --num_processes and --process_id too")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only CPU devices use it
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
