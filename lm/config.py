@@ -57,6 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1                   # -1: every device not used by the other axes
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  config.mesh.rules = ""                  # overrides of lm/parallel/rules.py, "kv_heads=,..."
   return config
 
 
@@ -74,9 +75,10 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 
 def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vocab: int,
-             num_data_shards: int) -> None:
+             mesh_shape: dict[str, int]) -> None:
   """Fails before anything compiles, naming each config field that cannot work."""
   t = config.train
+  num_data_shards = mesh_shape["data"] * mesh_shape["fsdp"]
   errors = []
   for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
                "checkpoint_every", "keep_checkpoints"):
@@ -88,6 +90,9 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
   elif t.grad_accum > 0 and (t.batch_size // t.grad_accum) % num_data_shards:
     errors.append(f"train.batch_size={t.batch_size} / train.grad_accum={t.grad_accum} must be "
                   f"divisible by mesh.data * mesh.fsdp = {num_data_shards}")
+  if model.num_heads % mesh_shape["tensor"]:
+    errors.append(f"model.num_heads={model.num_heads} is not divisible by "
+                  f"mesh.tensor={mesh_shape['tensor']}")
   if t.seq_len > model.max_seq_len:
     errors.append(f"train.seq_len={t.seq_len} exceeds model.max_seq_len={model.max_seq_len}")
   if tokenizer_vocab > model.vocab_size:

@@ -23,24 +23,16 @@ def check_length(tokens: np.ndarray, seq_len: int, split: str) -> None:
 
 
 def train_batch(tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, step: int,
-                process_index: int = 0, process_count: int = 1) -> Batch:
-  """This process's rows of the global batch for `step`: uniformly random windows."""
+                rows: slice = slice(None)) -> Batch:
+  """Rows `rows` of the global batch for `step`: uniformly random windows."""
   rng = np.random.default_rng([seed, step])
   starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
-  per_process = batch_size // process_count
-  return _windows(tokens, starts[process_index * per_process:(process_index + 1) * per_process],
-                  seq_len)
+  return _windows(tokens, starts[rows], seq_len)
 
 
 def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, num_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> list[Batch]:
+                 rows: slice = slice(None)) -> list[Batch]:
   """Evenly spaced windows over the held-out split, the same at every evaluation."""
-  count = batch_size * num_batches
-  starts = np.linspace(0, len(tokens) - seq_len - 1, count).astype(np.int64)
-  per_process = batch_size // process_count
-  batches = []
-  for b in range(num_batches):
-    rows = starts[b * batch_size:(b + 1) * batch_size]
-    batches.append(_windows(tokens, rows[process_index * per_process:
-                                         (process_index + 1) * per_process], seq_len))
-  return batches
+  starts = np.linspace(0, len(tokens) - seq_len - 1, batch_size * num_batches).astype(np.int64)
+  return [_windows(tokens, starts[b * batch_size:(b + 1) * batch_size][rows], seq_len)
+          for b in range(num_batches)]

@@ -113,8 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
   model_config = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh(config.mesh)
-  num_data_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  config_lib.validate(config, model_config, tokenizer.vocab_size, num_data_shards)
+  rules = rules_lib.make_rules(config.mesh.rules)
+  config_lib.validate(config, model_config, tokenizer.vocab_size, dict(mesh.shape))
+  model = Decoder(model_config)
+  rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
   corpus = sources.load_corpus(config.data.source, tokenizer, config.data.cache_dir,
                                config.data.eval_every_nth_chunk)
   batches_lib.check_length(corpus.train, t.seq_len, "train")
@@ -123,18 +125,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     save_config(config, workdir)
 
-  model = Decoder(model_config)
   tx = optim.make_optimizer(t)
-  rules = rules_lib.DEFAULT_RULES
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
   num_params = state_lib.count_params(abstract_state.params)
   flops_per_step = state_lib.flops_per_token(model_config, t.seq_len) * t.batch_size * t.seq_len
   peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
   data_sharding = rules_lib.batch_sharding(mesh)
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  rows = rules_lib.process_rows(data_sharding, t.batch_size)  # this process's share
 
   def to_global(batch):
-    return {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in batch.items()}
+    return {k: jax.make_array_from_process_local_data(data_sharding, v,
+                                                      (t.batch_size, *v.shape[1:]))
+            for k, v in batch.items()}
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # State: resume from the newest checkpoint, or initialise directly in sharded form.
@@ -153,7 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_step = jax.jit(make_eval_step(model, stage.loss_fn, tokenizer.token_bytes),
                         in_shardings=(shardings.params, data_sharding))
     eval_data = [to_global(b) for b in batches_lib.eval_batches(
-        corpus.eval, t.batch_size, t.seq_len, t.eval_batches, **process)]
+        corpus.eval, t.batch_size, t.seq_len, t.eval_batches, rows)]
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
@@ -168,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     for step in range(start_step, t.steps):
       batch = to_global(batches_lib.train_batch(corpus.train, t.batch_size, t.seq_len,
-                                                config.seed, step, **process))
+                                                config.seed, step, rows))
       state, step_metrics = train_step(state, batch)
       done = step + 1
 
