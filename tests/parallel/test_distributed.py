@@ -1,0 +1,116 @@
+"""Sharded and multi-host training on CPU devices: the same losses on every layout.
+
+Each layout runs in a fresh process whose device count is set through XLA_FLAGS before
+JAX starts; the single-device reference runs in the test process itself.
+"""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from tests.parallel import worker
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+
+
+def start_worker(spec: dict, devices: int) -> subprocess.Popen:
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  return subprocess.Popen([sys.executable, WORKER, json.dumps(spec)], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+  out, err = process.communicate(timeout=600)
+  assert process.returncode == 0, f"worker failed:\n{out}\n{err[-5000:]}"
+  return out
+
+
+def losses(workdir) -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def mesh_overrides(mesh, cache):
+  return {"mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
+          "data.cache_dir": cache}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_cache):
+  """Five steps on one device, in this process."""
+  assert jax.device_count() == 1
+  workdir = str(tmp_path_factory.mktemp("single_device"))
+  jax_config = worker.make_config(mesh_overrides((1, 1, 1), data_cache))
+  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  train_and_evaluate(jax_config, workdir)
+  return losses(workdir)
+
+
+def test_every_mesh_gives_the_single_device_losses(reference, tmp_path, data_cache):
+  runs = [{"workdir": str(tmp_path / "x".join(map(str, mesh))),
+           "overrides": mesh_overrides(mesh, data_cache)} for mesh in MESHES]
+  finish(start_worker({"runs": runs}, devices=8))
+  assert len(reference) == 5
+  for mesh, run in zip(MESHES, runs):
+    got = losses(run["workdir"])
+    for step, expected in reference.items():
+      assert got[step] == pytest.approx(expected, rel=1e-5), (mesh, step)
+
+
+def test_fsdp_puts_an_eighth_of_every_large_array_on_each_device(data_cache):
+  out = finish(start_worker({"shards": mesh_overrides((1, 8, 1), data_cache)}, devices=8))
+  layout = json.loads(out.split("LAYOUT ", 1)[1])
+  large = {path: leaf for path, leaf in layout.items()
+           if len(leaf["shape"]) >= 2 and math.prod(leaf["shape"]) >= 4096}
+  params = [p for p in large if ".params" in p]
+  moments = [p for p in large if ".opt_state" in p]
+  assert len(params) >= 6 and len(moments) == 2 * len(params)  # AdamW: mu and nu
+  for path, leaf in large.items():
+    assert leaf["devices"] == 8, path
+    for shard in leaf["shard_shapes"]:
+      assert math.prod(shard) * 8 == math.prod(leaf["shape"]), (path, leaf)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path, data_cache):
+  """2 processes x 2 devices == 1 process x 4 devices; the checkpoint then resumes on 1."""
+  mesh = mesh_overrides((2, 2, 1), data_cache)
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  address = f"127.0.0.1:{free_port()}"
+  workers = [start_worker({"distributed": [address, 2, i],
+                           "runs": [{"workdir": multi, "overrides": mesh}]}, devices=2)
+             for i in range(2)]
+  # The reference stops at 5 and resumes to 7 too: the schedule depends on train.steps.
+  reference = start_worker({"runs": [{"workdir": single, "overrides": mesh},
+                                     {"workdir": single, "overrides": {**mesh, "train.steps": 7}}]},
+                           devices=4)
+  for process in workers + [reference]:
+    finish(process)
+  two_process, one_process = losses(multi), losses(single)
+  assert sorted(two_process) == [1, 2, 3, 4, 5]
+  for step, loss in two_process.items():
+    assert loss == pytest.approx(one_process[step], rel=1e-5), step
+  assert "5" in os.listdir(os.path.join(multi, "checkpoints"))
+
+  # Resume the two-process checkpoint on this process's single device and train on.
+  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  train_and_evaluate(worker.make_config({**mesh_overrides((1, 1, 1), data_cache),
+                                         "train.steps": 7}), multi)
+  resumed = losses(multi)
+  assert sorted(resumed) == [1, 2, 3, 4, 5, 6, 7]
+  for step in (6, 7):
+    assert resumed[step] == pytest.approx(one_process[step], rel=1e-5), step
