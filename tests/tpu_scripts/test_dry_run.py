@@ -285,6 +285,24 @@ def test_help_and_unknown_options(env, name):
   assert not gcloud_calls(env)
 
 
+def test_slurm_example_runs_lm_train_under_srun(env, tmp_path):
+  srun = tmp_path / "bin" / "srun"
+  srun.write_text('#!/bin/bash\nprintf "%s\\n" "$JAX_LOCAL_DEVICE_IDS" "$@" > "$SRUN_ARGS"\n')
+  srun.chmod(0o755)
+  slurm = {"SLURM_JOB_ID": "42", "SLURM_JOB_NAME": "lm", "SLURM_NNODES": "2",
+           "SLURM_GPUS_ON_NODE": "4", "LM_VENV": "/opt/venv", "WORKDIR": "/shared/runs/lm",
+           "SRUN_ARGS": str(tmp_path / "srun_args")}
+  result = subprocess.run(["bash", os.path.join(SCRIPTS, "slurm_example.sbatch"),
+                           "--config.train.steps=5"], capture_output=True, text=True,
+                          env={**env, **slurm}, cwd=ROOT, timeout=30)
+  assert result.returncode == 0, result.stderr
+  device_ids, *argv = (tmp_path / "srun_args").read_text().splitlines()
+  assert device_ids == "0,1,2,3"
+  assert argv == ["--kill-on-bad-exit=1", "/opt/venv/bin/lm", "train",
+                  "--config=configs/quickstart.py", "--workdir=/shared/runs/lm",
+                  "--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.train.steps=5"]
+
+
 def test_shellcheck():
   if shutil.which("shellcheck") is None:
     pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
@@ -385,6 +403,6 @@ def test_stop_kills_what_ignores_sigterm(worker):
 def test_launch_reports_a_process_that_dies_at_once(worker):
   home, env = worker
   result = script("launch.sh", *TPU, "--config=c.py", "--workdir=gs://b/r",
-                  "--env=FAKE_LM_MODE=crash", "--check-after=0.5", env=env)
+                  "--env=FAKE_LM_MODE=crash", "--check-after=1", env=env)
   assert result.returncode != 0
-  assert "not running after 0.5 s" in result.stderr and "Traceback: boom" in result.stderr
+  assert "not running after 1 s" in result.stderr and "Traceback: boom" in result.stderr

@@ -1,0 +1,160 @@
+# shellcheck shell=bash disable=SC2034  # (the variables here are read by the scripts that source it)
+# Sourced by every tpu_scripts/*.sh: option parsing, `run` (execute, or only print with
+# --dry-run), the gcloud arguments every command shares, and the remote paths on the workers.
+#
+# Conventions: usage errors exit 2 with a message naming the option; `run` prints each command
+# as "+ word word ..." (POSIX shell quoting, one command per line) to stdout under --dry-run
+# and executes nothing, or to stderr and then executes it.
+
+DRY_RUN=0
+NAME=""
+ZONE=""
+PROJECT=""
+WORKER="all"
+OPT_SHIFT=1
+LOCATION=()
+
+# On every worker, relative to $HOME (one TPU VM runs one training job at a time). The
+# environment variables exist for a second checkout side by side, and for the tests.
+REMOTE_REPO=${LM_TPU_REPO:-lm}         # the checkout of this repository
+REMOTE_VENV=${LM_TPU_VENV:-lm_venv}    # the virtual environment with `lm` and jax[tpu]
+REMOTE_LOGS=${LM_TPU_LOGS:-lm_logs}    # <run>.log: stdout and stderr of `lm train`
+
+# `pgrep -f` / `pkill -f` pattern of a training process: the venv's python running the `lm`
+# entry point. Anchored at the start of the command line so that it never matches the remote
+# shell that runs pgrep itself (whose command line contains this pattern as text).
+TRAIN_PATTERN="^[^ ]*python[^ ]* [^ ]*/${REMOTE_VENV}/bin/lm train( |\$)"
+
+die() {
+  printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
+  exit 2
+}
+
+for dir in "$REMOTE_REPO" "$REMOTE_VENV" "$REMOTE_LOGS"; do
+  [[ $dir =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+    die "LM_TPU_REPO, LM_TPU_VENV and LM_TPU_LOGS name a directory in the home directory," \
+      "not '$dir'"
+done
+
+warn() {
+  printf '%s: warning: %s\n' "$(basename "$0")" "$*" >&2
+}
+
+note() {
+  printf '%s: %s\n' "$(basename "$0")" "$*" >&2
+}
+
+# The comment block at the top of the calling script, without the leading "# ".
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+# One word, quoted for a POSIX shell only when it needs it (like Python's shlex.quote); in
+# `--flag=value` only the value is quoted, which reads better and splits back the same.
+quote() {
+  local s=$1 q="'\\''" flag
+  if [[ -n $s && $s != *[!A-Za-z0-9_./:=@%+,-]* ]]; then
+    printf '%s' "$s"
+  elif [[ $s == --?*=* && ${s%%=*} != *[!A-Za-z0-9_.-]* ]]; then
+    flag=${s%%=*}
+    printf '%s=' "$flag"
+    quote "${s#*=}"
+  else
+    printf "'%s'" "${s//\'/$q}"
+  fi
+}
+
+# All arguments quoted and joined by spaces: a command line a shell would split back into them.
+quote_args() {
+  local sep="" arg
+  for arg in "$@"; do
+    printf '%s' "$sep"
+    quote "$arg"
+    sep=" "
+  done
+}
+
+# run CMD [ARG...]: with --dry-run print "+ CMD ARG..." to stdout and do nothing; otherwise
+# print the same line to stderr and execute it.
+run() {
+  if ((DRY_RUN)); then
+    printf '+ %s\n' "$(quote_args "$@")"
+  else
+    printf '+ %s\n' "$(quote_args "$@")" >&2
+    "$@"
+  fi
+}
+
+# opt VAR "$@": VAR gets the value of `--flag=value` or `--flag value`; OPT_SHIFT says how many
+# arguments that took, for the caller's `shift "$OPT_SHIFT"`.
+opt() {
+  local var=$1 flag=$2
+  if [[ $flag == *=* ]]; then
+    printf -v "$var" '%s' "${flag#*=}"
+    OPT_SHIFT=1
+  elif (($# >= 3)); then
+    printf -v "$var" '%s' "$3"
+    OPT_SHIFT=2
+  else
+    die "$flag needs a value"
+  fi
+}
+
+# Options every script takes: --name, --zone, --project, --dry-run, --help. Anything else is
+# an error that names it.
+common_opt() {
+  OPT_SHIFT=1
+  case $1 in
+    --name | --name=*) opt NAME "$@" ;;
+    --zone | --zone=*) opt ZONE "$@" ;;
+    --project | --project=*) opt PROJECT "$@" ;;
+    --dry-run) DRY_RUN=1 ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    *) die "unknown option '$1' (see $(basename "$0") --help)" ;;
+  esac
+}
+
+# --worker for the scripts that ssh: all, one index, a list (1,3) or a range (1-3).
+worker_opt() {
+  opt WORKER "$@"
+  [[ $WORKER =~ ^(all|[0-9]+([,-][0-9]+)*)$ ]] ||
+    die "--worker=$WORKER: expected all, a worker index (0), a list (0,2) or a range (1-3)"
+}
+
+# require VAR FLAG WHAT: fail, naming FLAG, unless VAR is set.
+require() {
+  local var=$1 flag=$2 what=$3
+  [[ -n ${!var} ]] || die "missing required $flag ($what)"
+}
+
+# The options every TPU script needs; also checks that the TPU name is one gcloud accepts.
+require_tpu() {
+  require NAME --name "the TPU VM or queued-resource name, e.g. --name=lm-v5p-32"
+  require ZONE --zone "the TPU zone, e.g. --zone=us-east5-a"
+  [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
+    die "--name=$NAME: use lowercase letters, digits and hyphens, starting with a letter"
+}
+
+# A name used as a file name on the workers (run names): no slashes, no spaces.
+check_word() {
+  local flag=$1 value=$2
+  [[ $value =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
+    die "$flag=$value: use letters, digits, '.', '_' and '-' only"
+}
+
+# The gcloud arguments after the resource name: --zone and, when given, --project.
+location_args() {
+  LOCATION=(--zone="$ZONE")
+  if [[ -n $PROJECT ]]; then
+    LOCATION+=(--project="$PROJECT")
+  fi
+}
+
+# ssh_workers COMMAND: run one shell command line on the chosen --worker(s) of the TPU VM.
+ssh_workers() {
+  location_args
+  run gcloud compute tpus tpu-vm ssh "$NAME" "${LOCATION[@]}" --worker="$WORKER" --command="$1"
+}
