@@ -21,6 +21,7 @@ setup(
         "absl-py==2.5.1",
         "numpy==2.4.6",
         "tensorboardX==2.6.5",
+        "etils[epath]==1.15.0",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).

@@ -3,8 +3,8 @@
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
 
-Many hosts: run the same `lm train` on every host. Cloud TPU and SLURM are detected; elsewhere
-pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
+(SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
 import re
@@ -28,6 +28,8 @@ flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_bool("distributed", False, "Multi-host: join the job that JAX detects (Cloud TPU "
+                  "VM slices, SLURM, ...); SLURM steps and GKE are detected without it.")
 
 
 def _require(*names: str) -> None:
@@ -43,7 +45,8 @@ def train(argv) -> None:
   # pylint: disable=import-outside-toplevel
   from lm.parallel.mesh import initialize_distributed
   from lm.train.loop import train_and_evaluate
-  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         force=FLAGS.distributed)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start `lm train` on every worker of a TPU VM at once, in the background (setsid nohup), so it
 # outlives the ssh session. Each worker appends its output to ~/lm_logs/<run>.log; on a pod
-# slice the workers find each other by themselves (jax.distributed on Cloud TPU).
+# slice the workers find each other through `lm train --distributed` (jax.distributed).
 #
 # Usage: launch.sh --name=NAME --zone=ZONE --config=FILE --workdir=DIR [options]
 #                  [--config.section.field=VALUE ...] [-- LM_TRAIN_ARGS...]
@@ -87,7 +87,8 @@ fi
 
 # shellcheck disable=SC2088  # a literal ~, for the workers' shell to expand
 log="~/$REMOTE_LOGS/$RUN.log" venv="~/$REMOTE_VENV"
-train=(train --config="$CONFIG" --workdir="$WORKDIR" "${LM_ARGS[@]}")
+# --distributed: the workers of a slice find each other through jax.distributed (metadata server).
+train=(train --distributed --config="$CONFIG" --workdir="$WORKDIR" "${LM_ARGS[@]}")
 env_prefix=""
 if ((${#ENVS[@]})); then
   env_prefix="env $(quote_args "${ENVS[@]}") "

@@ -36,19 +36,22 @@ def make_mesh(mesh_config, devices=None) -> Mesh:
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
-# Environment variables that mean "this process is one of many, and JAX can find the others".
-_CLUSTER_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID",
-                "MEGASCALE_COORDINATOR_ADDRESS")
+def _launched_as_cluster() -> bool:
+  """True inside a multi-task SLURM step or a GKE TPU pod, where JAX finds its peers itself."""
+  slurm = "SLURM_STEP_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+  return slurm or "TPU_WORKER_HOSTNAMES" in os.environ
 
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-  """Joins the multi-host job: explicit flags, or automatic on Cloud TPU pods and SLURM.
+                           process_id: int | None = None, force: bool = False) -> None:
+  """Joins the multi-host job: from explicit flags, or auto-detected (`force`, SLURM, GKE).
 
+  On Cloud TPU VM slices JAX detects the workers through the metadata server, which has no
+  environment variable to look for: `lm train --distributed` asks for it (tpu_scripts do).
   On CPU the processes exchange data through gloo collectives (tests and laptops).
   """
-  if coordinator_address is None and not any(v in os.environ for v in _CLUSTER_ENV):
+  if coordinator_address is None and not force and not _launched_as_cluster():
     return  # a single process
   if coordinator_address is not None and (num_processes is None or process_id is None):
     raise ValueError("--coordinator_address needs --num_processes and --process_id too")

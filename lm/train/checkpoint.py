@@ -3,8 +3,8 @@ and restore the newest one onto whatever shardings the current run asks for.
 """
 
 import json
-import os
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -20,8 +20,10 @@ from lm.train import state as state_lib
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+  path = epath.Path(workdir)
+  if "://" not in workdir:  # a local path: absolute, so a later chdir cannot move it
+    path = path.absolute()
+  return ocp.CheckpointManager(path / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, state, data_state: dict, force: bool = False) -> bool:
@@ -45,11 +47,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
 
 def load_for_inference(workdir: str):
   """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
+  config_path = epath.Path(workdir) / "config.json"
+  if not config_path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
-  with open(config_path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   model_config = config_lib.model_config(config)
   model = Decoder(model_config)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})

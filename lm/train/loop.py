@@ -7,11 +7,11 @@ stage (`config.stage`), so later stages reuse this loop with their own loss and 
 """
 
 import math
-import os
 import time
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,8 +97,8 @@ def evaluate(eval_step: Callable, params, eval_batches: list) -> dict[str, float
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  (epath.Path(workdir) / "config.json").write_text(
+      config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -121,7 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                config.data.eval_every_nth_chunk)
   batches_lib.check_length(corpus.train, t.seq_len, "train")
   batches_lib.check_length(corpus.eval, t.seq_len, "eval")
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
   if is_main:
     save_config(config, workdir)
 

@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+from absl import logging
+from etils import epath
 import jax
 
 # Dense peak FLOP/s per chip for the compute dtypes we train in (bf16 on accelerators).
@@ -41,28 +43,44 @@ def peak_flops_per_device(override: float = 0.0) -> float:
 
 
 class MetricsWriter:
-  """metrics.jsonl (one object per logged step) and TensorBoard scalars in `workdir`."""
+  """metrics.jsonl (one object per logged step) and TensorBoard scalars in `workdir`.
+
+  A remote workdir (gs://...) cannot be appended to: there the file is rewritten whole at
+  each write, and TensorBoard events go to a local folder instead (tensorboardX writes
+  only local files without TensorFlow).
+  """
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    self.tensorboard = SummaryWriter(logdir=workdir, flush_secs=10)
+    self.path = epath.Path(workdir) / "metrics.jsonl"
+    self.remote = "://" in workdir
+    self.lines = self.path.read_text().splitlines(keepends=True) if (
+        self.remote and self.path.exists()) else []
+    logdir = workdir
+    if self.remote:
+      logdir = os.path.join(os.path.expanduser("~/lm_logs/tensorboard"),
+                            workdir.split("://", 1)[1].strip("/").replace("/", "_"))
+      logging.info("TensorBoard events for %s go to %s", workdir, logdir)
+    self.tensorboard = SummaryWriter(logdir=logdir, flush_secs=10)
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
-    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-    self.jsonl.write(json.dumps(record) + "\n")
-    self.jsonl.flush()
+    line = json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n"
+    if self.remote:
+      self.lines.append(line)
+      self.path.write_text("".join(self.lines))
+    else:
+      with self.path.open("a") as f:
+        f.write(line)
     for name, value in metrics.items():
       self.tensorboard.add_scalar(name, float(value), int(step))
 
   def close(self) -> None:
     if self.enabled:
-      self.jsonl.close()
       self.tensorboard.close()
 
 

@@ -200,7 +200,7 @@ def test_launch_runs_lm_train_in_the_background_on_all_workers(env):
   assert ssh[:-1] == SSH + ["--worker=all"]
   steps = remote(ssh).split(" && ")
   assert "cd ~/lm" in steps
-  assert ("set -- ~/lm_venv/bin/lm train --config=configs/quickstart.py "
+  assert ("set -- ~/lm_venv/bin/lm train --distributed --config=configs/quickstart.py "
           "--workdir=gs://bucket/qs --config.mesh.data=1 --config.mesh.fsdp=-1 "
           "--config.data.source='text:~/a b/*.txt' --coordinator_address=h:1") in steps
   assert ('(setsid nohup env LIBTPU_INIT_ARGS=--xla_x=1 "$@" >> ~/lm_logs/qs.log 2>&1 '
@@ -367,7 +367,8 @@ def test_launch_logs_stop_on_a_fake_worker(worker):
   started = home / "lm_started.json"
   assert wait_for(started.exists)
   info = json.loads(started.read_text())
-  assert info["argv"] == ["train", "--config=configs/quickstart.py", "--workdir=gs://b/run1",
+  assert info["argv"] == ["train", "--distributed", "--config=configs/quickstart.py",
+                          "--workdir=gs://b/run1",
                           "--config.data.source=text:~/it's here/*.txt", "--config.train.lr=3e-4"]
   assert info["cwd"] == str(home / "lm")
   log = home / "lm_logs" / "run1.log"
