@@ -2,6 +2,8 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
+  lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
+            step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
 
 Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -25,6 +27,12 @@ flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_string("accelerator", None, "plan: v4, v5e, v5p, v6e, h100 or h200, or a slice "
+                    "such as v5p-64 (TensorCores on v4/v5p: 32 chips); default: the local devices.")
+flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: the slice size "
+                     "or the local device count.")
+flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's memory "
+                  "analysis when the target is the local devices.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -67,7 +75,21 @@ def sample(argv) -> None:
   print(FLAGS.prompt + tokenizer.decode(new_tokens))
 
 
-COMMANDS = {"train": train, "sample": sample}
+def plan(argv) -> None:
+  """Prints the memory per device, FLOPs and step-time bounds of --config on a target."""
+  del argv
+  _require("config")
+  from lm.parallel import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  try:
+    result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
+                           compile_step=None if FLAGS.compile else False)
+  except ValueError as e:  # a config or target that cannot work; the message names the field
+    sys.stderr.write(f"{e}\n")
+    sys.exit(2)
+  print(plan_lib.format_plan(result))
+
+
+COMMANDS = {"train": train, "sample": sample, "plan": plan}
 
 
 def main() -> None:

@@ -1,0 +1,461 @@
+"""`lm plan`: memory per device, FLOPs and step-time bounds of a config on a target slice.
+
+Works on shapes alone, so it answers for 64 or 6144 chips that are not here: parameters come
+from `jax.eval_shape`, their layout from the logical-axis rules mapped onto an
+`AbstractMesh`, and each dimension is divided (ceil) by the mesh axes it is sharded over.
+Where the target is the local devices, the real training step is also compiled ahead of
+time and XLA's own memory analysis is printed beside the analytic figures.
+
+Letters: L layers, D model dim, N query heads, K kv heads, H head dim, F ffn dim, V vocab,
+T sequence length. Per device, after sharding: m tokens in one micro-batch (batch_size /
+grad_accum / (data * fsdp) sequences of T), d = D / ways(act_embed), n = N / ways(act_heads),
+k = K / ways(kv_heads), f = F / ways(act_mlp), v = V / ways(act_vocab); s bytes per element
+of the compute dtype (`model.dtype`).
+
+Memory per device:
+  parameters       float32, sharded by the rules.
+  gradients        float32, sharded like the parameters; twice that with grad_accum > 1
+                   (the running sum and the micro-batch's gradient).
+  optimizer state  the real optax state (`jax.eval_shape(tx.init, params)`) laid out as
+                   lm/train/state.py lays it out: leaves shaped like a parameter share its
+                   sharding, the rest (Adafactor's factored rows and columns) are replicated.
+  activations      saved + max(one block's backward, the output layer's backward), where
+
+    saved = L m S(remat) + m (12 d + s d) [+ m 5 n T under remat none]
+      S(remat) is what one block keeps per token for the backward pass: the residuals
+      JAX's autodiff saves for lm/model (tests/parallel/test_plan.py checks these counts):
+        none           s(2d + 2nH + 2kH + c f + nT) + 4(6d + nT + 2n + 4)
+                       c = 8 for GeGLU, else 6; the 4(...) part is float32: norm internals,
+                       attention logits and softmax statistics. When s < 4 the block's weight
+                       matrices are saved again in the compute dtype.
+        dots           s(2d + 2nH + 2kH + g f) + 4 nT   (g = 2 for gated MLPs, else 1)
+        dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
+        full           s d                              (only the block's input)
+      12 d + s d is the final norm's; the bracket is the causal mask [B, N, T, T] (bool and
+      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear at all
+      because the XLA path of `jax.nn.dot_product_attention` materialises them; a fused
+      kernel would not.
+    one block's backward = m S(none) + the block's weights gathered over the batch axes
+      (data, fsdp) in the compute dtype: its intermediates (recomputed under remat) or their
+      gradients, and the FSDP all-gather.
+    the output layer's backward = 8 m v + (s + 4) V D / ways(vocab, embed without batch
+      axes): float32 logits kept for the loss gradient and that gradient; the output
+      projection gathered in the compute dtype and its full float32 gradient before the
+      reduce-scatter.
+
+  Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
+  (the CPU backend computes bfloat16 in float32, so bfloat16 cannot be checked there):
+  within 10% over remat none/full/dots/dots_no_batch, fsdp, data and tensor meshes,
+  grad_accum, Adafactor and logits-heavy shapes; 20% high for a logits-heavy model with tied
+  embeddings, where XLA reduces partial logits instead of gathering the table.
+
+Time per step: FLOPs = lm.train.state.flops_per_token x batch_size x seq_len; at 100% MFU
+the step takes FLOPs / (peak x chips); 40% MFU is a realistic target for a tuned run. The
+HBM bound is the time each chip needs to move the bytes it cannot avoid: the gathered block
+weights read twice per micro-batch (three times under remat) and their gradient written
+once, the saved activations written and read once, and the optimizer reading and writing
+parameters, gradients and its state.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import AbstractMesh, AxisType
+
+from lm import config as config_lib
+from lm.data import batches as batches_lib
+from lm.data import tokenizer as tokenizer_lib
+from lm.model import Decoder, ModelConfig
+from lm.parallel import mesh as mesh_lib
+from lm.parallel import rules as rules_lib
+from lm.train import loop as loop_lib
+from lm.train import optim
+from lm.train import state as state_lib
+
+GiB = 2 ** 30
+REALISTIC_MFU = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+  name: str                  # as printed: "TPU v5p"
+  peak_flops: float          # dense bfloat16 FLOP/s per chip
+  hbm_bandwidth: float       # bytes/s per chip
+  hbm_bytes: float           # per chip
+  cores_per_slice_unit: int  # slice names count TensorCores on v4/v5p: v5p-8 is 4 chips
+  device_kinds: tuple[str, ...] = ()  # substrings of jax's `device_kind`
+
+
+# The one table of accelerator numbers (per chip, bfloat16 dense).
+ACCELERATORS: dict[str, Accelerator] = {
+    "v4": Accelerator("TPU v4", 275e12, 1.2e12, 32 * GiB, 2, ("TPU v4",)),
+    "v5e": Accelerator("TPU v5e", 197e12, 819e9, 16 * GiB, 1, ("TPU v5 lite", "TPU v5e")),
+    "v5p": Accelerator("TPU v5p", 459e12, 2.76e12, 95 * GiB, 2, ("TPU v5p", "TPU v5")),
+    "v6e": Accelerator("TPU v6e", 918e12, 1.64e12, 32 * GiB, 1, ("TPU v6 lite", "TPU v6e")),
+    "h100": Accelerator("H100", 989e12, 3.35e12, 80e9, 1, ("H100",)),
+    "h200": Accelerator("H200", 989e12, 4.8e12, 141e9, 1, ("H200",)),
+}
+
+
+def local_accelerator() -> Accelerator:
+  """The accelerator of this process's devices; a CPU gets its RAM and a nominal peak."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    from lm.train import metrics  # pylint: disable=import-outside-toplevel
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return Accelerator("CPU", metrics.peak_flops_per_device(), float("nan"),
+                       ram / jax.local_device_count(), 1, ("cpu",))
+  kinds = sorted(((kind, acc) for acc in ACCELERATORS.values() for kind in acc.device_kinds),
+                 key=lambda item: -len(item[0]))  # "TPU v5 lite" before "TPU v5"
+  for kind, acc in kinds:
+    if kind.lower() in device.device_kind.lower():
+      return acc
+  raise ValueError(f"The local devices ({device.device_kind!r}) are not in the table; pass "
+                   f"--accelerator=one of {sorted(ACCELERATORS)}")
+
+
+def resolve_target(accelerator: str | None = None,
+                   num_devices: int | None = None) -> tuple[Accelerator, int, bool]:
+  """(accelerator, chips, is_local) from `v5p`, a slice name `v5p-64` (= 32 chips), or None.
+
+  None means the local devices; a bare name without --num_devices takes the local count.
+  """
+  if num_devices is not None and num_devices <= 0:
+    raise ValueError(f"--num_devices={num_devices} must be positive")
+  if accelerator is None:
+    acc, count = local_accelerator(), None
+  else:
+    name, _, suffix = accelerator.lower().rpartition("-")
+    if not (name and suffix.isdigit()):
+      name, suffix = accelerator.lower(), ""
+    if name not in ACCELERATORS:
+      raise ValueError(f"--accelerator={accelerator!r} is not one of {sorted(ACCELERATORS)} "
+                       "(optionally with a slice size, e.g. v5p-64)")
+    acc, count = ACCELERATORS[name], None
+    if suffix:
+      per_chip = acc.cores_per_slice_unit
+      if int(suffix) <= 0 or int(suffix) % per_chip:
+        raise ValueError(f"--accelerator={accelerator!r}: the size must be a positive multiple "
+                         f"of {per_chip}" + (f" ({name} slices count TensorCores, {per_chip} "
+                                             "per chip)" if per_chip > 1 else ""))
+      count = int(suffix) // per_chip
+  if num_devices is not None and count is not None and num_devices != count:
+    raise ValueError(f"--num_devices={num_devices} contradicts --accelerator={accelerator!r} "
+                     f"({count} chips); give one of them")
+  count = count or num_devices or jax.device_count()
+  try:
+    local = local_accelerator()
+  except ValueError:
+    local = None
+  is_local = (accelerator is None or acc == local) and count == jax.device_count()
+  return acc, count, is_local
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+  """XLA's memory analysis of the compiled step, bytes per device."""
+  device_kind: str
+  argument: int   # the train state and the batch
+  output: int     # the new state and the metrics
+  alias: int      # outputs written over donated arguments
+  temp: int       # everything else live at the peak: gradients, activations, scratch
+
+  @property
+  def total(self) -> int:
+    return self.argument + self.output - self.alias + self.temp
+
+
+@dataclasses.dataclass(frozen=True)
+class Activations:
+  """Activation bytes per device: what stays saved, plus the larger backward transient."""
+  saved: float            # L blocks' residuals, the final norm's, the causal mask
+  block_backward: float   # one block's backward: its intermediates and gathered weights
+  output_backward: float  # the output layer's backward: logits, their gradient, weights
+
+  @property
+  def total(self) -> float:
+    return self.saved + max(self.block_backward, self.output_backward)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  model: ModelConfig
+  num_params: int
+  accelerator: Accelerator
+  num_devices: int
+  mesh: dict[str, int]
+  batch_size: int
+  seq_len: int
+  grad_accum: int
+  micro_batch: int            # sequences per device in one micro-batch
+  optimizer: str
+  # Bytes per device.
+  params: float
+  gradients: float
+  optimizer_state: float
+  activations: Activations
+  flops_per_step: float
+  hbm_traffic: float          # bytes per chip per step, a lower bound
+  compiled: Compiled | None = None
+  notes: tuple[str, ...] = ()
+
+  @property
+  def total(self) -> float:
+    return self.params + self.gradients + self.optimizer_state + self.activations.total
+
+  @property
+  def fits(self) -> bool:
+    return self.total <= self.accelerator.hbm_bytes
+
+  @property
+  def compute_seconds(self) -> float:
+    """Step time at 100% MFU."""
+    return self.flops_per_step / (self.accelerator.peak_flops * self.num_devices)
+
+  @property
+  def hbm_seconds(self) -> float:
+    return self.hbm_traffic / self.accelerator.hbm_bandwidth
+
+
+def _axes(entry) -> tuple[str, ...]:
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _ways(logical: str, rules: rules_lib.Rules, mesh: dict[str, int]) -> int:
+  """How many ways the rules split a logical axis on this mesh."""
+  return math.prod(mesh[a] for a in _axes(nn.logical_to_mesh_axes((logical,), rules)[0]))
+
+
+def _per_device_bytes(abstract: Any, shardings: Any, mesh: dict[str, int]) -> float:
+  """Bytes one device holds: each dimension divided (ceil) by the mesh axes it is split over."""
+  total = 0
+  for leaf, sharding in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
+    spec = tuple(sharding.spec) + (None,) * (len(leaf.shape) - len(sharding.spec))
+    shape = [-(-size // math.prod(mesh[a] for a in _axes(entry)))
+             for size, entry in zip(leaf.shape, spec)]
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return float(total)
+
+
+def saved_per_token(model: ModelConfig, remat: str, d: int, n: int, k: int, f: int,
+                    seq_len: int) -> float:
+  """Bytes one block keeps per token for the backward pass (the formula in the docstring).
+
+  Weight-shaped residuals (compute-dtype casts under remat none) are not included.
+  """
+  s = model.compute_dtype.itemsize
+  h = model.resolved_head_dim
+  gated = 1 if model.mlp == "gelu" else 2
+  scores = n * seq_len  # [N, T] per query token
+  if remat == "full":
+    return s * d
+  if remat == "dots_no_batch":
+    return s * (2 * d + n * h + 2 * k * h + gated * f)
+  if remat == "dots":
+    return s * (2 * d + 2 * n * h + 2 * k * h + gated * f) + 4 * scores
+  mlp = 8 if model.mlp == "geglu" else 6
+  return (s * (2 * d + 2 * n * h + 2 * k * h + mlp * f + scores)
+          + 4 * (6 * d + scores + 2 * n + 4))
+
+
+def _block_bytes(abstract_params: Any, shardings: Any, mesh: dict[str, int], num_layers: int,
+                 matrices_only: bool = False) -> float:
+  """Bytes of one block's parameters per device (the stacked `layers` or the `layers_i`).
+
+  `matrices_only`: the weights of the block's matmuls, without norm scales and biases.
+  """
+  leaves, leaf_shardings = [], []
+  for name in abstract_params:
+    if name.startswith("layers"):
+      stacked = name == "layers"
+      with_paths = jax.tree_util.tree_leaves_with_path(abstract_params[name])
+      for (path, leaf), sharding in zip(with_paths, jax.tree.leaves(shardings[name])):
+        is_matrix = len(leaf.shape) - stacked >= 2 and not str(path[-1].key).endswith("bias")
+        if is_matrix or not matrices_only:
+          leaves.append(leaf)
+          leaf_shardings.append(sharding)
+  return _per_device_bytes(leaves, leaf_shardings, mesh) / num_layers
+
+
+def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
+                     rules: rules_lib.Rules, mesh: dict[str, int],
+                     model_axes: dict[str, int], block_matrices: float,
+                     block_gathered: float) -> Activations:
+  """Activation bytes per device (the formula in the module docstring).
+
+  `model_axes`: the mesh with the batch axes set to 1 (weights gathered for a matmul);
+  `block_matrices`: one block's weight matrices per device, float32; `block_gathered`:
+  one block's parameters per device once gathered over the batch axes, float32.
+  """
+  s = model.compute_dtype.itemsize
+  d = -(-model.d_model // _ways("act_embed", rules, mesh))
+  n = -(-model.num_heads // _ways("act_heads", rules, mesh))
+  k = -(-model.num_kv_heads // _ways("kv_heads", rules, mesh))
+  f = -(-model.d_ff // _ways("act_mlp", rules, mesh))
+  v = -(-model.vocab_size // _ways("act_vocab", rules, mesh))
+  tokens = micro_batch * seq_len
+  per_block = tokens * saved_per_token(model, model.remat, d, n, k, f, seq_len)
+  if model.remat == "none" and s < 4:
+    per_block += block_matrices * s / 4
+  saved = model.num_layers * per_block + tokens * (12 * d + s * d)
+  if model.remat == "none":
+    saved += tokens * 5 * n * seq_len  # the causal mask, bool and float32
+  output_weights = (-(-model.vocab_size // _ways("vocab", rules, model_axes))
+                    * -(-model.d_model // _ways("embed", rules, model_axes)))
+  return Activations(
+      saved=saved,
+      block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len)
+                      + block_gathered * s / 4),
+      output_backward=tokens * v * 8 + output_weights * (s + 4))
+
+
+def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
+         num_devices: int | None = None, compile_step: bool | None = None) -> Plan:
+  """The analytic plan of `config` on `accelerator` x `num_devices` (default: local devices).
+
+  `compile_step`: also compile the training step and read XLA's memory analysis; None
+  does so where the target is the local devices, which is the only place it can.
+  """
+  acc, count, is_local = resolve_target(accelerator, num_devices)
+  sizes = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, count)))
+  model_config = config_lib.model_config(config)
+  t = config.train
+  config_lib.validate(config, model_config, tokenizer_lib.get(config.data.tokenizer).vocab_size,
+                      sizes)
+  rules = rules_lib.make_rules(config.mesh.get("rules", "") or "")
+  model = Decoder(model_config)
+  tx = optim.make_optimizer(t)
+
+  notes = []
+  try:
+    rules_lib.check_divisible(state_lib.abstract_boxed_params(model), sizes, rules)
+  except ValueError as e:
+    notes.append(f"training would refuse this layout ({e}); sizes here round up")
+
+  mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * 3)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  params = _per_device_bytes(abstract.params, shardings.params, sizes)
+  opt_state = _per_device_bytes(abstract.opt_state, shardings.opt_state, sizes)
+  gradients = params * (2 if t.grad_accum > 1 else 1)
+
+  batch_ways = _ways("act_batch", rules, sizes)
+  micro_batch = -(-t.batch_size // t.grad_accum // batch_ways)
+  batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
+  model_axes = {a: 1 if a in batch_axes else size for a, size in sizes.items()}  # gathered
+  num_layers = model_config.num_layers
+  block_gathered = _block_bytes(abstract.params, shardings.params, model_axes, num_layers)
+  block_matrices = _block_bytes(abstract.params, shardings.params, sizes, num_layers,
+                                matrices_only=True)
+  activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
+                                 model_axes, block_matrices, block_gathered)
+
+  s = model_config.compute_dtype.itemsize
+  weight_reads = 3 if model_config.remat != "none" else 2
+  hbm_traffic = (t.grad_accum * ((weight_reads + 1) * block_gathered * model_config.num_layers
+                                 * s / 4 + 2 * activations.saved)
+                 + 2 * params + gradients + 2 * opt_state)
+
+  compiled = None
+  if compile_step or (compile_step is None and is_local and not notes):
+    compiled = compile_memory(config, model, tx, rules)
+  return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
+              accelerator=acc, num_devices=count, mesh=sizes, batch_size=t.batch_size,
+              seq_len=t.seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
+              optimizer=t.optimizer, params=params, gradients=gradients,
+              optimizer_state=opt_state, activations=activations,
+              flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
+              * t.batch_size * t.seq_len,
+              hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes))
+
+
+def compile_memory(config: ml_collections.ConfigDict, model: Decoder,
+                   tx: optax.GradientTransformation, rules: rules_lib.Rules) -> Compiled:
+  """XLA's memory analysis of the real training step, compiled for the local devices.
+
+  The step is lowered from abstract inputs that carry their shardings, exactly as
+  lm/train/loop.py jits it, so nothing is allocated.
+  """
+  t = config.train
+  mesh = mesh_lib.make_mesh(config.mesh)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  data_sharding = rules_lib.batch_sharding(mesh)
+  example = batches_lib.train_batch(np.zeros(t.seq_len + 2, np.int32), t.batch_size,
+                                    t.seq_len, 0, 0)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharding)
+           for k, v in example.items()}
+  step = loop_lib.make_train_step(model, tx, loop_lib.STAGES[config.stage].loss_fn, t)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = jax.jit(step, in_shardings=(shardings, data_sharding),
+                       out_shardings=(shardings, rules_lib.replicated(mesh)),
+                       donate_argnums=(0,)).lower(
+                           rules_lib.with_shardings(abstract, shardings), batch).compile()
+  analysis = compiled.memory_analysis()
+  return Compiled(device_kind=jax.devices()[0].device_kind,
+                  argument=analysis.argument_size_in_bytes,
+                  output=analysis.output_size_in_bytes, alias=analysis.alias_size_in_bytes,
+                  temp=analysis.temp_size_in_bytes)
+
+
+def _seconds(x: float) -> str:
+  if math.isnan(x):
+    return "unknown"
+  return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def format_plan(p: Plan) -> str:
+  """The plan as a small table and a few lines, for the terminal."""
+  m, c, a = p.model, p.compiled, p.activations
+  unit, scale = ("GiB", GiB) if p.total >= GiB else ("MiB", 2 ** 20)
+  rows = [("parameters (float32)", p.params, None),
+          ("gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
+           p.gradients, None),
+          (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
+          (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
+  if c:
+    rows += [("  parameters + optimizer state", p.params + p.optimizer_state,
+              (c.argument, "XLA arguments: state + batch")),
+             ("  gradients + activations", p.gradients + a.total, (c.temp, "XLA temporaries"))]
+  rows.append(("total", p.total, (c.total, "arguments + outputs - aliased + temporaries")
+               if c else None))
+  mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
+  header = f"{'per device':34s}{'analytic ' + unit:>14s}"
+  if c:
+    header += f"{'compiled ' + unit:>14s}  (XLA on {c.device_kind})"
+  lines = [
+      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters, on "
+      f"{p.num_devices} x {p.accelerator.name} (mesh {mesh})",
+      f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
+      f"{p.batch_size} / grad_accum {p.grad_accum} / data*fsdp "
+      f"{p.mesh['data'] * p.mesh['fsdp']})",
+      "", header]
+  for name, analytic, compiled in rows:
+    line = f"{name:34s}{analytic / scale:14.3f}"
+    if compiled:
+      line += f"{compiled[0] / scale:14.3f}  {compiled[1]}"
+    lines.append(line)
+  peak = "one block's" if a.block_backward >= a.output_backward else "the output layer's"
+  lines.append(f"  activations = saved {a.saved / scale:.3f} + {peak} backward "
+               f"{max(a.block_backward, a.output_backward) / scale:.3f} (one block "
+               f"{a.block_backward / scale:.3f}, output layer {a.output_backward / scale:.3f})")
+  hbm, tokens = p.accelerator.hbm_bytes, p.batch_size * p.seq_len
+  bound = ("" if math.isnan(p.hbm_seconds) else
+           " (compute-bound)" if p.hbm_seconds < p.compute_seconds else " (memory-bound)")
+  lines += [
+      "",
+      f"fits in HBM: {'yes' if p.fits else 'NO'} ({p.total / GiB:.2f} of {hbm / GiB:.1f} GiB "
+      f"per chip, {100 * p.total / hbm:.0f}%)",
+      f"FLOPs per step: {p.flops_per_step:.3e} ({p.flops_per_step / tokens:.3e} per token x "
+      f"{tokens:,} tokens)",
+      f"step time: {_seconds(p.compute_seconds)} at 100% MFU, "
+      f"{_seconds(p.compute_seconds / REALISTIC_MFU)} at {REALISTIC_MFU:.0%} MFU; "
+      f"HBM traffic bound {_seconds(p.hbm_seconds)}{bound}",
+  ]
+  lines += [f"note: {note}" for note in p.notes]
+  return "\n".join(lines)
