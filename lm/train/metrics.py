@@ -6,40 +6,21 @@ Only process 0 writes. TensorBoard files come from tensorboardX, so TensorFlow i
 import json
 import os
 import sys
-import time
 
 from absl import logging
 from etils import epath
-import jax
 
-# Dense peak FLOP/s per chip for the compute dtypes we train in (bf16 on accelerators).
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-}
-# A CPU has no published number: assume 2.5 GHz x 32 float32 FLOPs per cycle (two 256-bit FMA
-# pipes) per core, which is close to what AVX2/AVX-512 machines reach in matmuls.
-CPU_FLOPS_PER_CORE = 2.5e9 * 32
+from lm.parallel import accelerators
 
 
 def peak_flops_per_device(override: float = 0.0) -> float:
+  """The MFU denominator: `train.peak_flops` when set, else the local chip's table entry."""
   if override > 0:
     return override
-  device = jax.devices()[0]
-  if device.platform == "cpu":
-    return CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / len(jax.devices())
-  for name, flops in PEAK_FLOPS.items():  # longest, most specific names come first
-    if name.lower() in device.device_kind.lower():
-      return flops
-  return float("nan")
+  try:
+    return accelerators.local_accelerator().peak_flops
+  except ValueError:  # a chip missing from the table: MFU is unknown, training goes on
+    return float("nan")
 
 
 class MetricsWriter:
