@@ -22,6 +22,10 @@ setup(
         "numpy==2.4.6",
         "tensorboardX==2.6.5",
         "etils[epath]==1.15.0",
+        # Open checkpoints (lm/interop): safetensors, HF tokenizer.json, chat templates.
+        "safetensors==0.8.0",
+        "tokenizers==0.23.3",
+        "jinja2==3.1.6",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).

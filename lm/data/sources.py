@@ -135,7 +135,8 @@ def token_stream(source: str, tokenizer, cache_dir: str) -> tuple[np.ndarray, fl
       rate = float(stored["entropy_rate"])
       return stored["tokens"], (None if np.isnan(rate) else rate)
   docs, rate = documents(source)
-  tokens = np.concatenate([tokenizer.encode(d, add_eos=True) for d in docs]).astype(np.uint16)
+  dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
+  tokens = np.concatenate([tokenizer.encode(d, add_eos=True) for d in docs]).astype(dtype)
   cache.parent.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
   np.savez(tmp, tokens=tokens, entropy_rate=np.nan if rate is None else rate)
