@@ -4,6 +4,8 @@
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
             step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
+  lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
+  lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
 
 Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -27,6 +29,11 @@ flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate.")
 flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to import into "
+                    "--workdir.")
+flags.DEFINE_string("to_hf", None, "convert: the directory to export --workdir's model to.")
+flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"],
+                  "convert --to_hf: dtype of the written tensors.")
 flags.DEFINE_string("accelerator", None, "plan: v4, v5e, v5p, v6e, h100 or h200, or a slice "
                     "such as v5p-64 (TensorCores on v4/v5p: 32 chips); default: the local devices.")
 flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: the slice size "
@@ -75,6 +82,22 @@ def sample(argv) -> None:
   print(FLAGS.prompt + tokenizer.decode(new_tokens))
 
 
+def convert(argv) -> None:
+  """Imports a Hugging Face model into --workdir (--from_hf) or exports --workdir (--to_hf)."""
+  del argv
+  _require("workdir")
+  if (FLAGS.from_hf is None) == (FLAGS.to_hf is None):
+    raise app.UsageError("pass exactly one of --from_hf=DIR (import) and --to_hf=DIR (export)")
+  # pylint: disable=import-outside-toplevel
+  from lm.interop import convert as convert_lib
+  if FLAGS.from_hf:
+    model_config = convert_lib.import_hf(FLAGS.from_hf, FLAGS.workdir)
+    print(f"Imported {FLAGS.from_hf} into {FLAGS.workdir}: {model_config}")
+  else:
+    convert_lib.export_hf(FLAGS.workdir, FLAGS.to_hf, FLAGS.hf_dtype)
+    print(f"Exported {FLAGS.workdir} to {FLAGS.to_hf}")
+
+
 def plan(argv) -> None:
   """Prints the memory per device, FLOPs and step-time bounds of --config on a target."""
   del argv
@@ -89,7 +112,7 @@ def plan(argv) -> None:
   print(plan_lib.format_plan(result))
 
 
-COMMANDS = {"train": train, "sample": sample, "plan": plan}
+COMMANDS = {"train": train, "sample": sample, "convert": convert, "plan": plan}
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.stage = "pretrain"
+  # Start from imported weights: "hf:DIR" (a Hugging Face model) or an lm workdir. The import
+  # fixes model.* and data.tokenizer; explicit overrides must agree (dtype, remat may differ).
+  config.init_from = ""
 
   # model: a preset plus optional per-field overrides (None keeps the preset's value).
   config.model = ml_collections.ConfigDict()

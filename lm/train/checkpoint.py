@@ -1,5 +1,6 @@
 """Orbax checkpoints: async save of the train state beside the data position, keep the last K,
-and restore the newest one onto whatever shardings the current run asks for.
+and restore the newest one onto whatever shardings the current run asks for. An imported
+model is parameters alone, in `workdir/params`.
 """
 
 import json
@@ -15,6 +16,8 @@ from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.train import optim
 from lm.train import state as state_lib
+
+PARAMS_DIR = "params"  # parameters alone, as `lm convert --from_hf` writes them
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -45,8 +48,45 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
   return restored["state"], restored["data"]
 
 
+def _root(workdir: str) -> epath.Path:
+  path = epath.Path(workdir)
+  return path if "://" in workdir else path.absolute()
+
+
+def save_params(workdir: str, params) -> None:
+  """Writes `params` alone to `workdir/params` (an imported model: no step, no optimizer)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(_root(workdir) / PARAMS_DIR, params, force=True)
+    checkpointer.wait_until_finished()
+
+
+def restore_params(workdir: str, abstract_params, shardings):
+  """The parameters of `workdir`, placed in `shardings`: those of its newest checkpoint (the
+  optimizer state is not read), else its imported `params/`; None when it has neither."""
+  target = rules_lib.with_shardings(abstract_params, shardings)
+  root = _root(workdir)
+  step = None
+  if (root / "checkpoints").exists():
+    with ocp.CheckpointManager(root / "checkpoints",
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+      step = manager.latest_step()
+  if step is not None:
+    item = {"params": target}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(root / "checkpoints" / str(step) / "state",
+                                  args=ocp.args.PyTreeRestore(
+                                      item=item, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(item)
+                                  ))["params"]
+  if (root / PARAMS_DIR).exists():
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(root / PARAMS_DIR, target)
+  return None
+
+
 def load_for_inference(workdir: str):
-  """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`."""
+  """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`, or of the
+  parameters an import (`lm convert --from_hf`) wrote."""
   config_path = epath.Path(workdir) / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
@@ -56,9 +96,7 @@ def load_for_inference(workdir: str):
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
   abstract, shardings = state_lib.state_shardings(model, optim.make_optimizer(config.train), mesh,
                                                   rules_lib.DEFAULT_RULES)
-  manager = make_manager(workdir, keep=config.train.keep_checkpoints)
-  restored = restore_latest(manager, abstract, shardings)
-  manager.close()
-  if restored is None:
+  params = restore_params(workdir, abstract.params, shardings.params)
+  if params is None:
     raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
-  return config, model_config, restored[0].params
+  return config, model_config, params

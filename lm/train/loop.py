@@ -23,6 +23,7 @@ from lm import config as config_lib
 from lm.data import batches as batches_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
+from lm.interop import convert as init_from_lib
 from lm.model import Decoder
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
@@ -110,6 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.stage not in STAGES:
     raise ValueError(f"stage={config.stage!r} is not one of {sorted(STAGES)}")
   stage = STAGES[config.stage]
+  if config.init_from:  # the import fixes model.* and data.tokenizer (saved in config.json)
+    config = init_from_lib.resolve(config)
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
   model_config = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -142,7 +145,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # State: resume from the newest checkpoint, or initialise directly in sharded form.
     manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
     restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings)
-    if restored is None:
+    if restored is None and config.init_from:
+      params = init_from_lib.load_params(config.init_from, model_config, shardings.params)
+      state = state_lib.train_state_from_params(tx, params, shardings)
+    elif restored is None:
       state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
     else:
       state, _ = restored
@@ -161,7 +167,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
     progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
                      f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
-                     f"mesh {dict(mesh.shape)}, workdir {workdir}")
+                     f"mesh {dict(mesh.shape)}, workdir {workdir}"
+                     + (f", from {config.init_from}" if config.init_from and not restored else ""))
     if corpus.entropy_rate is not None:
       progress.message(f"The source's entropy rate, the lowest reachable loss: "
                        f"{corpus.entropy_rate:.4f} nats/token")

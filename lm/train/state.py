@@ -58,6 +58,14 @@ def create_train_state(model: Decoder, tx: optax.GradientTransformation, key: ja
   return jax.jit(init, out_shardings=shardings)(key)
 
 
+def train_state_from_params(tx: optax.GradientTransformation, params: Any,
+                            shardings: TrainState) -> TrainState:
+  """Step 0 with given (already sharded) parameters, e.g. imported ones; fresh optimizer."""
+  def init(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+
+
 def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
