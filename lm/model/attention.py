@@ -1,10 +1,18 @@
-"""Self-attention: RoPE (with Llama 3 scaling), MHA / GQA / MQA, causal, segment and window masks.
+"""Self-attention: RoPE (with Llama 3 scaling), MHA / GQA / MQA, causal, segment and window
+masks, and the key/value cache for decoding.
 
-Letters: B batch, T query length, S key length, D model dim, N query heads, K kv heads,
-H head dim.
+Letters: B batch, T query length, S key length (cache slots), D model dim, N query heads,
+K kv heads, H head dim, L layers.
 
 The score/softmax/value product goes through `jax.nn.dot_product_attention`, which takes
 GQA directly (N a multiple of K) and on GPU dispatches to the cuDNN fused kernel.
+
+Decoding keeps the keys and values of past tokens in a `KVCache`. Time t (the t-th token
+fed to the model, the same for every row: prompts are left-padded) lives in slot t % S, so
+a cache with S >= every time is a plain array and a sliding-window model gets a ring buffer
+of S = window slots. Which slot holds which time is arithmetic on `index` alone, and
+`start` says where each row's real tokens begin; `cache_mask` turns both into the boolean
+mask for `jax.nn.dot_product_attention`.
 """
 
 import math
@@ -13,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from lm.model.config import ModelConfig
 from lm.model.layers import param, weight_init
@@ -59,13 +68,108 @@ def attention_mask(segment_ids: jax.Array, sliding_window: int) -> jax.Array:
   return (same_segment & allowed)[:, None, :, :]
 
 
+# Logical axes of the cache's key and value arrays [L, B, S, K, H] (rules in lm/parallel/rules.py).
+CACHE_AXES = ("layers", "act_batch", "act_len", "act_kv_heads", None)
+
+
+@struct.dataclass
+class KVCache:
+  """Keys and values of every layer, stacked like the scanned parameters."""
+  key: jax.Array    # [L, B, S, K, H] in the compute dtype, RoPE applied
+  value: jax.Array  # [L, B, S, K, H]
+  index: jax.Array  # [] int32: the time of the next token fed in (tokens so far)
+  start: jax.Array  # [B] int32: the time of each row's first real token (padding before it)
+
+  @property
+  def slots(self) -> int:
+    return self.key.shape[2]
+
+  @classmethod
+  def zeros(cls, config: ModelConfig, batch: int, slots: int,
+            start: jax.Array | None = None) -> "KVCache":
+    """An empty cache; `slots` >= the tokens a row will hold, or >= the window (a ring)."""
+    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.resolved_head_dim)
+    key = nn.with_logical_constraint(jnp.zeros(shape, config.compute_dtype), CACHE_AXES)
+    value = nn.with_logical_constraint(jnp.zeros(shape, config.compute_dtype), CACHE_AXES)
+    start = jnp.zeros((batch,), jnp.int32) if start is None else start.astype(jnp.int32)
+    return cls(key=key, value=value, index=jnp.zeros((), jnp.int32), start=start)
+
+
+def cache_slots(config: ModelConfig, max_tokens: int) -> int:
+  """Slots for rows of up to `max_tokens` tokens: all of them, or the window when smaller."""
+  if config.sliding_window:
+    return min(max_tokens, config.sliding_window)
+  return max_tokens
+
+
+def writes_first(config: ModelConfig, new_tokens: int, slots: int) -> bool:
+  """Whether T new tokens can be written into the cache before attending to it.
+
+  True unless a ring buffer would overwrite keys that the chunk's earliest queries still
+  need (prefilling more than `slots - window + 1` tokens of a sliding-window model); then
+  the queries attend to the old cache and the new keys side by side. A cache smaller than
+  the window is no ring: it holds every token of its rows (see `cache_slots`).
+  """
+  window = config.sliding_window
+  return not window or slots < window or new_tokens <= slots - window + 1
+
+
+def _slot_times(last: jax.Array, slots: int) -> jax.Array:
+  """[S] the time each slot holds when `last` is the newest time written (negative: empty)."""
+  s = jnp.arange(slots)
+  return last - jnp.mod(last - s, slots)
+
+
+def cache_mask(config: ModelConfig, cache: KVCache, new_tokens: int) -> jax.Array:
+  """Boolean [B, 1, T, S] (or [B, 1, T, S + T], see `writes_first`): causal, in the window,
+  and only real tokens of the row, for T tokens fed in at times index, ..., index + T - 1."""
+  window = config.sliding_window
+  query = cache.index + jnp.arange(new_tokens)  # [T] times
+  start = cache.start[:, None, None]            # [B, 1, 1]
+
+  def allowed(key_times):  # key_times [S'] -> [B, T, S']
+    ok = (key_times[None, :] <= query[:, None]) & (key_times[None, :] >= 0)
+    if window:
+      ok &= query[:, None] - key_times[None, :] < window
+    return ok[None] & (key_times[None, None, :] >= start)
+
+  if writes_first(config, new_tokens, cache.slots):
+    mask = allowed(_slot_times(cache.index + new_tokens - 1, cache.slots))
+  else:
+    mask = jnp.concatenate([allowed(_slot_times(cache.index - 1, cache.slots)),
+                            allowed(query)], axis=-1)
+  return mask[:, None]
+
+
+def cache_positions(cache: KVCache, new_tokens: int) -> jax.Array:
+  """[B, T] positions of the new tokens: time minus the row's start (0 on padding)."""
+  times = cache.index + jnp.arange(new_tokens)
+  return jnp.maximum(times[None, :] - cache.start[:, None], 0)
+
+
+def _write(stack: jax.Array, layer, new: jax.Array, first_time: jax.Array) -> jax.Array:
+  """Writes new [B, T, K, H] at times first_time... into layer `layer` of stack [L, B, S, K, H]."""
+  slots, t = stack.shape[2], new.shape[1]
+  new = new.astype(stack.dtype)
+  if t == 1:  # decoding: one slot, updated in place
+    slot = jnp.mod(first_time, slots)
+    return jax.lax.dynamic_update_slice(stack, new[None], (layer, 0, slot, 0, 0))
+  layer_stack = stack[layer].at[:, jnp.mod(first_time + jnp.arange(t), slots)].set(new)
+  return jax.lax.dynamic_update_index_in_dim(stack, layer_stack, layer, 0)
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: jax.Array, sin: jax.Array | None, cos: jax.Array | None,
-               mask: jax.Array | None) -> jax.Array:
-    """x: [B, T, D]; mask: None (plain causal) or boolean [B, 1, T, T]."""
+               mask: jax.Array | None, cache: tuple | None = None):
+    """x: [B, T, D]; mask: None (plain causal) or boolean [B, 1, T, T].
+
+    Decoding: cache = (keys, values, layer, index), the whole stacks [L, B, S, K, H] of a
+    KVCache, this layer's index into them and the time of x's first token; mask comes from
+    `cache_mask`. Returns (y, (keys, values)) with this layer's new keys and values written.
+    """
     cfg = self.config
     dt = cfg.compute_dtype
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.d_model
@@ -85,6 +189,22 @@ class Attention(nn.Module):
     if sin is not None:
       query, key = apply_rope(query, sin, cos), apply_rope(key, sin, cos)
 
+    new_cache = None
+    if cache is not None:
+      keys, values, layer, index = cache  # [L, B, S, K, H] each
+      t = x.shape[1]
+      if writes_first(cfg, t, keys.shape[2]):
+        keys, values = _write(keys, layer, key, index), _write(values, layer, value, index)
+        key, value = keys[layer].astype(dt), values[layer].astype(dt)  # [B, S, K, H]
+      else:  # a long prefill into a ring: attend to [old slots, new keys], then keep the last
+        kept = min(t, keys.shape[2])
+        old_key, old_value = keys[layer].astype(dt), values[layer].astype(dt)
+        keys = _write(keys, layer, key[:, t - kept:], index + t - kept)
+        values = _write(values, layer, value[:, t - kept:], index + t - kept)
+        key = jnp.concatenate([old_key, key], axis=1)        # [B, S + T, K, H]
+        value = jnp.concatenate([old_value, value], axis=1)
+      new_cache = (keys, values)
+
     window = (cfg.sliding_window - 1, 0) if cfg.sliding_window and mask is None else None
     out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None,
                                        local_window_size=window)  # [B, T, N, H]
@@ -95,4 +215,4 @@ class Attention(nn.Module):
     y = jnp.einsum("BTNH,NHD->BTD", out, w_out.astype(dt))
     if cfg.use_bias:
       y = y + param(self, "out_bias", (d,), ("embed",), nn.initializers.zeros).astype(dt)
-    return y
+    return y if cache is None else (y, new_cache)

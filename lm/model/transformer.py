@@ -5,13 +5,21 @@ Letters: B batch, T sequence, D model dim, V vocab.
 `Decoder(config).init(key, tokens)` / `.apply(variables, tokens)` return float32 logits
 [B, T, V]. Optional `positions` [B, T] (RoPE / learned positions restart per packed
 document) and `segment_ids` [B, T] (tokens attend only within their own document).
+
+Decoding: `.apply(variables, tokens, cache=cache)` with a `KVCache` feeds T more tokens of
+every row (a whole left-padded prompt, then one token at a time) and returns
+`(logits, new_cache)`; positions default to each row's own count of real tokens. Under
+nn.scan the layer stacks of the cache ride in the carry and each block writes its own slot
+in place, rather than passing per-layer slices in and out, which would copy the whole cache
+at every decoded token.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model.attention import Attention, attention_mask, rope_angles
+from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_mask, cache_mask,
+                                cache_positions, rope_angles)
 from lm.model.config import ModelConfig
 from lm.model.layers import Embed, Mlp, Norm, param, weight_init
 
@@ -29,12 +37,21 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, sin, cos, mask):  # x: [B, T, D]
+  def __call__(self, carry, sin, cos, mask, layer=None, index=None):
+    """carry: x [B, T, D]; decoding: (x, keys, values) with the cache stacks, `layer` this
+    block's index into them and `index` the time of x's first token."""
+    x, kv = (carry, None) if layer is None else (carry[0], carry[1:])
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    x = x + Attention(self.config, name="attention")(Norm(self.config, name="attention_norm")(x),
-                                                     sin, cos, mask)
+    attention = Attention(self.config, name="attention")
+    h = Norm(self.config, name="attention_norm")(x)
+    if kv is None:
+      x = x + attention(h, sin, cos, mask)
+    else:
+      y, kv = attention(h, sin, cos, mask, cache=(*kv, layer, index))
+      x = x + y
     x = x + Mlp(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
-    return nn.with_logical_constraint(x, ACTIVATION_AXES), None
+    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+    return (x if kv is None else (x, *kv)), None
 
 
 class Decoder(nn.Module):
@@ -42,9 +59,17 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+               last_only: bool = False):
+    """Logits [B, T, V] (float32); with a cache, (logits, new_cache). `last_only` keeps the
+    logits of the last position alone ([B, 1, V]), all a prefill needs."""
     cfg = self.config
-    if positions is None:
+    if cache is not None and segment_ids is not None:
+      raise ValueError("segment_ids are for packed training rows; decoding with a cache "
+                       "masks each row by its cache.start")
+    if positions is None and cache is not None:
+      positions = cache_positions(cache, tokens.shape[-1])
+    elif positions is None:
       positions = jnp.broadcast_to(jnp.arange(tokens.shape[-1]), tokens.shape)  # [B, T]
     embed = Embed(cfg, name="embed")
     x = embed(tokens)  # [B, T, D]
@@ -56,19 +81,35 @@ class Decoder(nn.Module):
     else:
       sin, cos = rope_angles(cfg, positions)  # [B, T, H/2]
     mask = None if segment_ids is None else attention_mask(segment_ids, cfg.sliding_window)
+    if cache is not None:
+      mask = cache_mask(cfg, cache, tokens.shape[-1])  # [B, 1, T, S]
 
     block = Block
     if cfg.remat != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    carry, extra, in_axes = x, (), (nn.broadcast, nn.broadcast, nn.broadcast)
+    if cache is not None:  # the cache stacks ride in the carry; each block gets its index
+      carry = (x, cache.key, cache.value)
+      extra, in_axes = (jnp.arange(cfg.num_layers), cache.index), in_axes + (0, nn.broadcast)
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      in_axes=in_axes, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, name="layers")(x, sin, cos, mask)
+      carry, _ = stack(cfg, name="layers")(carry, sin, cos, mask, *extra)
     else:
       for i in range(cfg.num_layers):
-        x, _ = block(cfg, name=f"layers_{i}")(x, sin, cos, mask)
+        layer_extra = (i, cache.index) if cache is not None else ()
+        carry, _ = block(cfg, name=f"layers_{i}")(carry, sin, cos, mask, *layer_extra)
+    if cache is not None:
+      x, keys, values = carry
+      cache = cache.replace(key=nn.with_logical_constraint(keys, CACHE_AXES),
+                            value=nn.with_logical_constraint(values, CACHE_AXES),
+                            index=cache.index + tokens.shape[-1])
+    else:
+      x = carry
 
+    if last_only:
+      x = x[:, -1:]
     x = Norm(cfg, name="final_norm")(x)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
@@ -77,4 +118,5 @@ class Decoder(nn.Module):
                 weight_init(cfg))
       logits = jnp.einsum("BTD,DV->BTV", x, w.astype(x.dtype))
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
-    return logits.astype(jnp.float32)  # [B, T, V]
+    logits = logits.astype(jnp.float32)  # [B, T, V]
+    return logits if cache is None else (logits, cache)

@@ -20,6 +20,7 @@ DEFAULT_RULES: Rules = (
     ("act_len", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),  # the key/value cache of decoding
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
     ("embed", "fsdp"),
