@@ -25,9 +25,11 @@ config_flags.DEFINE_config_file(
     "override fields with --config.section.field=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 flags.DEFINE_string("prompt", "", "sample: text to continue.")
-flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate.")
+flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate at most.")
 flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
 flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
+flags.DEFINE_float("top_p", 1.0, "sample: keep the most likely tokens up to this total "
+                   "probability (nucleus); 1 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample: random seed.")
 flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to import into "
                     "--workdir.")
@@ -70,16 +72,16 @@ def sample(argv) -> None:
   del argv
   _require("workdir")
   # pylint: disable=import-outside-toplevel
-  from lm.data import tokenizer as tokenizer_lib
-  from lm.infer.sample import generate
-  from lm.model import Decoder
-  from lm.train.checkpoint import load_for_inference
-  config, model_config, params = load_for_inference(FLAGS.workdir)
-  tokenizer = tokenizer_lib.get(config.data.tokenizer)
-  prompt = tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
-  new_tokens = generate(Decoder(model_config), params, prompt, FLAGS.max_new_tokens,
-                        FLAGS.temperature, FLAGS.top_k, FLAGS.seed, stop_id=tokenizer.eos_id)
-  print(FLAGS.prompt + tokenizer.decode(new_tokens))
+  from lm.infer.engine import Engine
+  from lm.infer.sampling import SamplingParams
+  engine = Engine.from_workdir(FLAGS.workdir)
+  prompt = engine.tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
+  max_len = engine.config.max_seq_len
+  max_new = min(FLAGS.max_new_tokens, max_len - 1)
+  prompt = prompt[-(max_len - max_new):]  # the context the model can see
+  [completion] = engine.generate([prompt], max_new, SamplingParams(
+      FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed)
+  print(FLAGS.prompt + completion.text)
 
 
 def convert(argv) -> None:

@@ -1,1 +1,1 @@
-"""Generating text from a trained model."""
+"""Generating text: the KV-cache engine, sampling, chat (Messages API) and the HTTP server."""

@@ -1,0 +1,212 @@
+"""Tests for lm/infer/engine.py: correctness against the full forward pass, batching with
+mixed prompt lengths, determinism, stop tokens and strings, streaming, tensor parallelism.
+
+All tests share the session's tiny engine (noise parameters, byte tokenizer) and a few
+shape buckets, so the engine compiles a handful of programs in total.
+"""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from lm.infer.engine import Engine
+from lm.infer.sampling import GREEDY, SamplingParams
+from lm.model import Decoder, presets
+from tests.infer import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROMPTS = ["Hello", "The fox", "a"]  # all in the prompt bucket of 8 tokens (bos included)
+SAMPLED = SamplingParams(temperature=1.0, top_k=20, top_p=0.9)
+
+
+def encode(engine, texts):
+  return [engine.tokenizer.encode(t, add_bos=True) for t in texts]
+
+
+@functools.cache
+def _apply(config):
+  return jax.jit(lambda params, tokens: Decoder(config).apply({"params": params}, tokens))
+
+
+def full_forward_logprobs(engine, prompt, new_tokens):
+  """log p of each row position from one forward pass over prompt + new tokens."""
+  sequence = np.concatenate([prompt, new_tokens]).astype(np.int32)
+  padded = np.zeros((1, 32), np.int32)  # one shape, one compile; later positions are unseen
+  padded[0, :len(sequence)] = sequence
+  logits = _apply(engine.config)(engine.params, padded)[0, :len(sequence)]
+  return np.asarray(jax.nn.log_softmax(logits))[len(prompt) - 1:-1]  # [new, V]
+
+
+@pytest.fixture(scope="module")
+def greedy_batch(engine):
+  prompts = encode(engine, PROMPTS)
+  return prompts, engine.generate(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                                  stop_token_ids=[])
+
+
+def test_greedy_tokens_and_logprobs_equal_the_full_forward_pass(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  for prompt, completion in zip(prompts, completions):
+    reference = full_forward_logprobs(engine, prompt, completion.tokens)
+    np.testing.assert_array_equal(completion.tokens, reference.argmax(-1))
+    chosen = reference[np.arange(len(completion.tokens)), completion.tokens]
+    np.testing.assert_allclose(completion.logprobs, chosen, atol=1e-4)
+
+
+def test_per_row_max_tokens_and_prompt_lengths(greedy_batch):
+  prompts, completions = greedy_batch
+  assert [len(c.tokens) for c in completions] == [16, 9, 12]
+  assert all(c.stop_reason == "max_tokens" for c in completions)
+  assert [c.prompt_tokens for c in completions] == [len(p) for p in prompts]
+
+
+def test_batched_rows_equal_rows_decoded_alone(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  for prompt, n, batched in zip(prompts, [16, 9, 12], completions):
+    [alone] = engine.generate([prompt], max_new_tokens=n, sampling=GREEDY, stop_token_ids=[])
+    assert alone.tokens == batched.tokens
+    np.testing.assert_allclose(alone.logprobs, batched.logprobs, atol=1e-5)
+
+
+def test_greedy_is_deterministic_and_seeds_repeat(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  again = engine.generate(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                          stop_token_ids=[])
+  assert [c.tokens for c in again] == [c.tokens for c in completions]
+  sample = lambda seed: [c.tokens for c in engine.generate(
+      prompts, max_new_tokens=16, sampling=SAMPLED, seed=seed, stop_token_ids=[])]
+  first = sample(1)
+  assert sample(1) == first
+  assert sample(2) != first
+
+
+def test_a_row_draws_the_same_whatever_shares_its_batch(engine):
+  prompts = encode(engine, PROMPTS)
+  together = engine.generate(prompts, max_new_tokens=16, sampling=SAMPLED, seed=[5, 7, 9],
+                             stop_token_ids=[])
+  [alone] = engine.generate(prompts[1:2], max_new_tokens=16, sampling=SAMPLED, seed=[7],
+                            stop_token_ids=[])
+  assert alone.tokens == together[1].tokens
+
+
+def test_stop_token_ends_the_row_and_is_kept_out_of_the_text(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  stop = completions[0].tokens[5]
+  first = completions[0].tokens.index(stop)
+  [c] = engine.generate(prompts[:1], max_new_tokens=16, sampling=GREEDY, stop_token_ids=[stop])
+  assert c.stop_reason == "end_turn"
+  assert c.tokens == completions[0].tokens[:first + 1]  # the stop token itself included
+  assert c.text == engine.tokenizer.decode(c.tokens[:-1])
+
+
+def test_stop_string_ends_generation(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  text_bytes = [t for t in completions[0].tokens if t < 256]
+  assert len(text_bytes) >= 8, "the greedy text is too short for this test"
+  stop = engine.tokenizer.decode(text_bytes[4:6])
+  [c] = engine.generate(prompts[:1], max_new_tokens=16, sampling=GREEDY, stop_token_ids=[],
+                        stop_strings=[stop, "never appears \x00"])
+  full_text = completions[0].text
+  assert c.stop_reason == "stop_sequence" and c.stop_sequence == stop
+  assert c.text == full_text[:full_text.index(stop)]
+  # Generation ended right where the stop string was completed: the loop matched it.
+  assert engine.tokenizer.decode(c.tokens).endswith(stop)
+  assert len(c.tokens) < 16 and len(c.logprobs) == len(c.tokens)
+  # Per-row stop strings: the other rows run to their max.
+  rows = engine.generate(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                         stop_token_ids=[], stop_strings=[[stop], [], []])
+  assert rows[0].tokens == c.tokens
+  assert [r.tokens for r in rows[1:]] == [r.tokens for r in completions[1:]]
+
+
+class OtherSpelling:
+  """The byte tokenizer, but stop strings encode to tokens the model never sees, so only the
+  search of the decoded text can find them (as with a different BPE tokenization)."""
+
+  def __init__(self, tokenizer):
+    self.inner = tokenizer
+    self.eos_id = tokenizer.eos_id
+
+  def encode(self, text, add_bos=False):
+    return np.full(len(text.encode()), 300, np.int32)
+
+  def decode(self, ids):
+    return self.inner.decode(ids)
+
+
+def test_stop_string_found_only_in_the_text_still_cuts(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  other = Engine(engine.config, engine.params, OtherSpelling(engine.tokenizer))
+  text = completions[0].text
+  stop = text[3:5]
+  [c] = other.generate(prompts[:1], max_new_tokens=16, sampling=GREEDY, stop_token_ids=[],
+                       stop_strings=[stop])
+  assert c.stop_reason == "stop_sequence" and c.text == text[:text.index(stop)]
+  assert engine.tokenizer.decode(c.tokens).endswith(stop)  # the fewest tokens holding it
+
+
+def test_stream_yields_growing_prefixes_of_the_final_completion(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  snapshots = list(engine.stream(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                                 stop_token_ids=[], chunk_tokens=4))
+  assert len(snapshots) >= 4
+  final = snapshots[-1]
+  assert [c.tokens for c in final] == [c.tokens for c in completions]
+  for earlier, later in zip(snapshots, snapshots[1:]):
+    for a, b in zip(earlier, later):
+      assert b.tokens[:len(a.tokens)] == a.tokens
+  assert snapshots[0][0].stop_reason is None
+
+
+def test_sliding_window_engine_matches_the_full_forward_pass():
+  cfg = presets.get("tiny").replace(sliding_window=4)
+  from lm.data.tokenizer import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  engine = Engine(cfg, models.noise_params(cfg), ByteTokenizer())
+  prompts = encode(engine, ["sliding windows", "ab"])
+  completions = engine.generate(prompts, max_new_tokens=12, sampling=GREEDY, stop_token_ids=[])
+  for prompt, completion in zip(prompts, completions):
+    reference = full_forward_logprobs(engine, prompt, completion.tokens)
+    np.testing.assert_array_equal(completion.tokens, reference.argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompts=[[]]), "empty"),
+    (dict(prompts=[[1, 2]], max_new_tokens=0), "max_new_tokens"),
+    (dict(prompts=[[1] * 500], max_new_tokens=20), "max_seq_len"),
+    (dict(prompts=[[1, 9999]]), "vocab_size"),
+    (dict(prompts=[[1], [2]], max_new_tokens=[3]), "entries"),
+    (dict(prompts=[[1]], stop_strings="x"), "stop_strings"),
+])
+def test_bad_arguments_are_errors_that_say_why(engine, kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    engine.generate(**kwargs)
+
+
+def test_tensor_and_data_parallel_decoding_match_one_device(engine, workdir):
+  """The same workdir decoded on 2 forced CPU devices: tensor-parallel (1, 1, 2) and
+  data-parallel (2, 1, 1) meshes give the single device's tokens and log-probs."""
+  prompts = encode(engine, PROMPTS[:2])
+  expected = engine.generate(prompts, max_new_tokens=[12, 7], sampling=GREEDY,
+                             stop_token_ids=[])
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  spec = {"workdir": workdir, "prompts": [p.tolist() for p in prompts], "max_new": [12, 7]}
+  result = subprocess.run([sys.executable, "-m", "tests.infer.mesh_worker", json.dumps(spec)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-5000:]
+  meshes = json.loads(result.stdout.split("RESULT ", 1)[1])
+  assert set(meshes) == {"1x1x2", "2x1x1"}
+  # [L, B, S, K, H]: kv heads split over tensor, rows over data.
+  l, b, s, k, h = meshes["1x1x2"]["cache_shape"]
+  assert meshes["1x1x2"]["cache_shard_shape"] == [l, b, s, k // 2, h]
+  assert meshes["2x1x1"]["cache_shard_shape"] == [l, b // 2, s, k, h]
+  for name, rows in meshes.items():
+    for row, want in zip(rows["completions"], expected):
+      assert row["tokens"] == want.tokens, name
+      np.testing.assert_allclose(row["logprobs"], want.logprobs, atol=1e-4)
