@@ -2,6 +2,9 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
+  lm chat   --workdir=runs/quickstart [--system="..."]     an interactive chat in the terminal
+  lm serve  --workdir=runs/quickstart [--host=127.0.0.1 --port=8000 --api_key=...]
+            the Messages API: POST /v1/messages (streaming too), GET /health
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
             step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
@@ -25,12 +28,20 @@ config_flags.DEFINE_config_file(
     "override fields with --config.section.field=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
 flags.DEFINE_string("prompt", "", "sample: text to continue.")
-flags.DEFINE_integer("max_new_tokens", 200, "sample: tokens to generate at most.")
-flags.DEFINE_float("temperature", 0.8, "sample: softmax temperature; 0 is greedy.")
-flags.DEFINE_integer("top_k", 0, "sample: keep the k most likely tokens; 0 keeps all.")
-flags.DEFINE_float("top_p", 1.0, "sample: keep the most likely tokens up to this total "
+flags.DEFINE_integer("max_new_tokens", 200, "sample, chat: tokens to generate at most.")
+flags.DEFINE_float("temperature", 0.8, "sample, chat: softmax temperature; 0 is greedy.")
+flags.DEFINE_integer("top_k", 0, "sample, chat: keep the k most likely tokens; 0 keeps all.")
+flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up to this total "
                    "probability (nucleus); 1 keeps all.")
-flags.DEFINE_integer("seed", 0, "sample: random seed.")
+flags.DEFINE_integer("seed", 0, "sample, chat: random seed.")
+flags.DEFINE_string("system", None, "chat: the system prompt.")
+flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
+                    "interface; set --api_key then).")
+flags.DEFINE_integer("port", 8000, "serve: port to listen on (0: any free port).")
+flags.DEFINE_string("api_key", None, "serve: require this key in the x-api-key header "
+                    "(default: $LM_API_KEY, else no key).")
+flags.DEFINE_integer("max_batch", 16, "serve: requests decoded together.")
+flags.DEFINE_integer("max_tokens_limit", 4096, "serve: the largest max_tokens a request may ask.")
 flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to import into "
                     "--workdir.")
 flags.DEFINE_string("to_hf", None, "convert: the directory to export --workdir's model to.")
@@ -84,6 +95,29 @@ def sample(argv) -> None:
   print(FLAGS.prompt + completion.text)
 
 
+def chat(argv) -> None:
+  """An interactive chat with the newest checkpoint in --workdir: one line per user turn."""
+  del argv
+  _require("workdir")
+  from lm.infer import chat as chat_lib  # pylint: disable=import-outside-toplevel
+  client = chat_lib.Client(FLAGS.workdir)
+  chat_lib.interactive(client, system=FLAGS.system, max_tokens=FLAGS.max_new_tokens,
+                       temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                       seed=FLAGS.seed)
+
+
+def serve(argv) -> None:
+  """Serves --workdir's model over HTTP with the Messages API (POST /v1/messages)."""
+  del argv
+  _require("workdir")
+  import os  # pylint: disable=import-outside-toplevel
+  from lm.infer import server as server_lib  # pylint: disable=import-outside-toplevel
+  from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
+  limits = server_lib.Limits(max_batch=FLAGS.max_batch, max_tokens=FLAGS.max_tokens_limit)
+  server_lib.serve(Engine.from_workdir(FLAGS.workdir), FLAGS.host, FLAGS.port,
+                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits)
+
+
 def convert(argv) -> None:
   """Imports a Hugging Face model into --workdir (--from_hf) or exports --workdir (--to_hf)."""
   del argv
@@ -114,7 +148,8 @@ def plan(argv) -> None:
   print(plan_lib.format_plan(result))
 
 
-COMMANDS = {"train": train, "sample": sample, "convert": convert, "plan": plan}
+COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
+            "plan": plan}
 
 
 def main() -> None:

@@ -44,6 +44,22 @@ class ByteTokenizer:
     data = bytes(int(i) for i in np.asarray(ids).reshape(-1) if 0 <= int(i) < 256)
     return data.decode("utf-8", errors="replace")
 
+  def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> np.ndarray:
+    """The built-in chat template, as token ids: <bos>, then `<role> content <end_of_turn>`
+    per message ({"role": "system" | "user" | "assistant", "content": str}), then
+    `<assistant>` when a reply is to follow. Role tokens are ids no text encodes to, so no
+    message can forge a turn. (HFTokenizer.render_chat returns the rendered text instead.)"""
+    ids = [self.bos_id]
+    for message in messages:
+      role = f"<{message['role']}>"
+      if role not in ("<system>", "<user>", "<assistant>"):
+        raise ValueError(f"message role {message['role']!r} is not system, user or assistant")
+      ids += [self.special_ids[role], *self.encode(message["content"]).tolist(),
+              self.special_ids["<end_of_turn>"]]
+    if add_generation_prompt:
+      ids.append(self.special_ids["<assistant>"])
+    return np.array(ids, np.int32)
+
 
 @functools.lru_cache(maxsize=None)
 def _bytes_to_unicode() -> dict[str, int]:

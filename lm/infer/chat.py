@@ -1,0 +1,368 @@
+"""Chat: conversations through the model's chat template, shaped like the Messages API.
+
+    client = lm.Client("runs/quickstart")
+    r = client.messages.create(max_tokens=200, system="Be brief.",
+                               messages=[{"role": "user", "content": "Hello"}])
+    r.content[0].text, r.stop_reason, r.usage.output_tokens
+
+The request and the response have the shapes of Anthropic's Messages API, so code written
+against it (and `lm serve`, which speaks it over HTTP) reads the same. A conversation is
+a system prompt and alternating user / assistant turns, ending with the user (or with an
+assistant turn that the reply continues). It is rendered by the tokenizer's
+`render_chat(messages, add_generation_prompt)`: the built-in template for byte-level `lm`
+models (token ids), or the imported model's own Jinja template (text, then encoded). The
+reply ends at the template's end-of-turn token (`<end_of_turn>`, or the tokenizer's eos),
+a stop sequence, or max_tokens.
+"""
+
+import dataclasses
+import os
+import uuid
+from typing import Any, Iterator, Sequence
+
+from lm.infer.sampling import SamplingParams
+
+STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence")
+_REQUEST_FIELDS = {"model", "messages", "max_tokens", "system", "temperature", "top_k", "top_p",
+                   "stop_sequences", "stream", "metadata"}
+_UNSUPPORTED_FIELDS = {"tools", "tool_choice", "thinking", "container", "mcp_servers"}
+
+
+class RequestError(ValueError):
+  """A request that cannot be served; `status` and `type` follow the Messages API's errors."""
+
+  def __init__(self, message: str, status: int = 400, error_type: str = "invalid_request_error"):
+    super().__init__(message)
+    self.status = status
+    self.type = error_type
+
+  def to_dict(self) -> dict:
+    return {"type": "error", "error": {"type": self.type, "message": str(self)}}
+
+
+# -- Response objects ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(kw_only=True)
+class TextBlock:
+  type: str = "text"
+  text: str
+
+
+@dataclasses.dataclass
+class Usage:
+  input_tokens: int
+  output_tokens: int
+
+
+@dataclasses.dataclass(kw_only=True)
+class Message:
+  id: str
+  type: str = "message"
+  role: str = "assistant"
+  content: list[TextBlock]
+  model: str
+  stop_reason: str | None
+  stop_sequence: str | None = None
+  usage: Usage
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# -- Requests -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ChatRequest:
+  messages: list[dict]      # [{"role": "user" | "assistant", "content": str}], validated
+  max_tokens: int
+  system: str | None = None
+  sampling: SamplingParams = SamplingParams()
+  stop_sequences: list[str] = dataclasses.field(default_factory=list)
+  stream: bool = False
+  model: str | None = None
+
+
+def _text(content: Any, where: str) -> str:
+  """A string, or a list of {"type": "text", "text": ...} blocks joined."""
+  if isinstance(content, str):
+    return content
+  if isinstance(content, list):
+    parts = []
+    for i, block in enumerate(content):
+      if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(
+          block.get("text"), str):
+        raise RequestError(f"{where}.{i}: only text blocks ({{'type': 'text', 'text': ...}}) "
+                           "are supported")
+      parts.append(block["text"])
+    return "".join(parts)
+  raise RequestError(f"{where}: content must be a string or a list of text blocks")
+
+
+def _number(body: dict, name: str, kind: type, low: float, high: float | None = None):
+  value = body.get(name)
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+    raise RequestError(f"{name}: must be {'a number' if kind is float else 'an integer'}")
+  if value < low or (high is not None and value > high):
+    raise RequestError(f"{name}: {value} is outside [{low}, {high if high is not None else 'inf'}]")
+  return kind(value)
+
+
+def parse_request(body: Any, max_tokens_limit: int | None = None) -> ChatRequest:
+  """A validated ChatRequest from a Messages API request body; RequestError names the field."""
+  if not isinstance(body, dict):
+    raise RequestError("the request body must be a JSON object")
+  unsupported = sorted(_UNSUPPORTED_FIELDS & set(body))
+  if unsupported:
+    raise RequestError(f"{', '.join(unsupported)}: not supported by this server")
+  unknown = sorted(set(body) - _REQUEST_FIELDS)
+  if unknown:
+    raise RequestError(f"{', '.join(unknown)}: extra inputs are not permitted")
+  if "max_tokens" not in body:
+    raise RequestError("max_tokens: field required")
+  max_tokens = _number(body, "max_tokens", int, 1, max_tokens_limit)
+  messages = body.get("messages")
+  if not isinstance(messages, list) or not messages:
+    raise RequestError("messages: a non-empty list of {'role', 'content'} is required")
+  clean = []
+  for i, message in enumerate(messages):
+    if not isinstance(message, dict) or set(message) - {"role", "content"} or "content" not in message:
+      raise RequestError(f"messages.{i}: must be an object with exactly 'role' and 'content'")
+    role = message.get("role")
+    if role not in ("user", "assistant"):
+      raise RequestError(f"messages.{i}.role: {role!r} must be 'user' or 'assistant' (the "
+                         "system prompt goes in the top-level 'system' field)")
+    expected = "user" if i % 2 == 0 else "assistant"
+    if role != expected:
+      raise RequestError(f"messages.{i}.role: roles must alternate, starting with 'user'; "
+                         f"expected {expected!r}")
+    clean.append({"role": role, "content": _text(message["content"], f"messages.{i}.content")})
+  system = body.get("system")
+  if system is not None:
+    system = _text(system, "system")
+  temperature = _number(body, "temperature", float, 0.0)
+  top_k = _number(body, "top_k", int, 0)
+  top_p = _number(body, "top_p", float, 0.0, 1.0)
+  if top_p == 0.0:
+    raise RequestError("top_p: must be above 0")
+  stops = body.get("stop_sequences") or []
+  if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+    raise RequestError("stop_sequences: must be a list of non-empty strings")
+  stream = body.get("stream", False)
+  if not isinstance(stream, bool):
+    raise RequestError("stream: must be true or false")
+  model = body.get("model")
+  if model is not None and not isinstance(model, str):
+    raise RequestError("model: must be a string")
+  sampling = SamplingParams(temperature=1.0 if temperature is None else temperature,
+                            top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+  return ChatRequest(messages=clean, max_tokens=max_tokens, system=system or None,
+                     sampling=sampling, stop_sequences=list(stops), stream=stream, model=model)
+
+
+# -- Prompts ------------------------------------------------------------------------------------
+
+def render(tokenizer: Any, messages: Sequence[dict], system: str | None = None) -> list[int]:
+  """Prompt token ids for the reply to `messages`. A final assistant message is a prefix the
+  reply continues: the turns before it are rendered with the generation prompt, then its
+  text follows."""
+  turns = ([{"role": "system", "content": system}] if system else []) + list(messages)
+  prefix = ""
+  if turns and turns[-1]["role"] == "assistant":
+    prefix = turns.pop()["content"]
+  rendered = tokenizer.render_chat(turns, add_generation_prompt=True)
+  ids = tokenizer.encode(rendered) if isinstance(rendered, str) else rendered
+  ids = [int(t) for t in ids]
+  if prefix:
+    ids += [int(t) for t in tokenizer.encode(prefix)]
+  return ids
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+  """Tokens that end a reply: the template's end of turn (byte tokenizer) and eos."""
+  ids = [getattr(tokenizer, "eos_id", None)]
+  ids.append(getattr(tokenizer, "special_ids", {}).get("<end_of_turn>"))
+  return [i for i in ids if i is not None]
+
+
+def new_id() -> str:
+  return "msg_" + uuid.uuid4().hex[:24]
+
+
+def to_message(completion: Any, model: str, message_id: str | None = None) -> Message:
+  """The Message for an engine Completion."""
+  return Message(id=message_id or new_id(), content=[TextBlock(text=completion.text)],
+                 model=model, stop_reason=completion.stop_reason,
+                 stop_sequence=completion.stop_sequence,
+                 usage=Usage(input_tokens=completion.prompt_tokens,
+                             output_tokens=len(completion.tokens)))
+
+
+class TextDeltas:
+  """Turns successive snapshots of a growing completion into text deltas that are never taken
+  back: text that could still become a stop sequence, or an unfinished UTF-8 character, is
+  held until the completion is final."""
+
+  def __init__(self, stop_sequences: Sequence[str]):
+    self.hold = max((len(s) for s in stop_sequences), default=1) - 1
+    self.sent = ""
+
+  def update(self, text: str, final: bool) -> str:
+    if not final:
+      text = text.rstrip("\ufffd")
+      text = text[:len(text) - self.hold] if self.hold else text
+    if not text.startswith(self.sent):  # the decoder revised earlier text; never resend
+      return ""
+    delta, self.sent = text[len(self.sent):], text
+    return delta
+
+
+def stream_events(snapshots: Iterator[Any], request: ChatRequest, model: str,
+                  prompt_tokens: int) -> Iterator[dict]:
+  """Messages API stream events (message_start ... message_stop) from successive completion
+  snapshots of one request (the last one final)."""
+  message_id = new_id()
+  yield {"type": "message_start", "message": {
+      "id": message_id, "type": "message", "role": "assistant", "content": [], "model": model,
+      "stop_reason": None, "stop_sequence": None,
+      "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}}
+  yield {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+  deltas = TextDeltas(request.stop_sequences)
+  completion = None
+  for completion in snapshots:
+    final = completion.stop_reason is not None
+    delta = deltas.update(completion.text, final)
+    if delta:
+      yield {"type": "content_block_delta", "index": 0,
+             "delta": {"type": "text_delta", "text": delta}}
+  yield {"type": "content_block_stop", "index": 0}
+  yield {"type": "message_delta",
+         "delta": {"stop_reason": completion.stop_reason,
+                   "stop_sequence": completion.stop_sequence},
+         "usage": {"output_tokens": len(completion.tokens)}}
+  yield {"type": "message_stop"}
+
+
+def random_seed() -> int:
+  return int.from_bytes(os.urandom(4), "little")
+
+
+# -- The client ---------------------------------------------------------------------------------
+
+class Chat:
+  """One engine serving chat requests: prompt rendering, limits, and the engine call."""
+
+  def __init__(self, engine: Any, model_name: str | None = None):
+    self.engine = engine
+    self.tokenizer = engine.tokenizer
+    self.model_name = model_name or getattr(engine, "name", "lm")
+    self.stop_ids = stop_token_ids(self.tokenizer)
+
+  def prompt(self, request: ChatRequest) -> list[int]:
+    """The prompt's token ids; RequestError when it and max_tokens exceed the context."""
+    ids = render(self.tokenizer, request.messages, request.system)
+    limit = self.engine.config.max_seq_len
+    if len(ids) + request.max_tokens > limit:
+      raise RequestError(f"prompt is too long: {len(ids)} tokens + max_tokens "
+                         f"{request.max_tokens} > {limit}, the model's context (max_seq_len)")
+    return ids
+
+  def snapshots(self, requests: Sequence[ChatRequest], prompts: Sequence[list[int]],
+                seeds: Sequence[int] | None = None, chunk_tokens: int | None = 16
+                ) -> Iterator[list[Any]]:
+    """Completion snapshots of a batch of requests, as `Engine.stream` yields them."""
+    seeds = list(seeds) if seeds is not None else [random_seed() for _ in requests]
+    return self.engine.stream(
+        list(prompts), max_new_tokens=[r.max_tokens for r in requests],
+        sampling=[r.sampling for r in requests], seed=seeds, stop_token_ids=self.stop_ids,
+        stop_strings=[r.stop_sequences for r in requests], chunk_tokens=chunk_tokens)
+
+
+class Messages:
+  def __init__(self, chat: Chat):
+    self._chat = chat
+
+  def create(self, *, max_tokens: int, messages: list[dict], system: str | list | None = None,
+             temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, stop_sequences: list[str] | None = None,
+             stream: bool = False, model: str | None = None, metadata: dict | None = None,
+             seed: int | None = None):
+    """A Message replying to `messages`; with stream=True, an iterator of the stream's
+    event dicts instead. `seed` (not in the Messages API) makes sampling repeatable."""
+    body = {k: v for k, v in dict(max_tokens=max_tokens, messages=messages, system=system,
+                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  stop_sequences=stop_sequences, stream=stream, model=model,
+                                  metadata=metadata).items() if v is not None}
+    request = parse_request(body)
+    prompt = self._chat.prompt(request)
+    seeds = None if seed is None else [seed]
+    name = request.model or self._chat.model_name
+    if stream:
+      snapshots = (s[0] for s in self._chat.snapshots([request], [prompt], seeds))
+      return stream_events(snapshots, request, name, len(prompt))
+    *_, final = self._chat.snapshots([request], [prompt], seeds, chunk_tokens=None)
+    return to_message(final[0], name)
+
+
+class Client:
+  """A local stand-in for the Messages API client: `Client(workdir).messages.create(...)`."""
+
+  def __init__(self, workdir: str | None = None, engine: Any = None, mesh: Any = None):
+    if (workdir is None) == (engine is None):
+      raise ValueError("Client needs a workdir or an engine (exactly one)")
+    if engine is None:
+      from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
+      engine = Engine.from_workdir(workdir, mesh=mesh)
+    self.chat = Chat(engine)
+    self.messages = Messages(self.chat)
+
+
+def interactive(client: Client, system: str | None = None, max_tokens: int = 200,
+                temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                input_fn=input, output=None) -> list[dict]:
+  """`lm chat`: one line per user turn, the reply streamed as it is generated. `/reset`
+  forgets the conversation, `/exit` (or end of input) quits. The oldest turns are dropped
+  when the conversation outgrows the model's context. Returns the conversation."""
+  import sys  # pylint: disable=import-outside-toplevel
+  output = output or sys.stdout
+  interactive_tty = sys.stdin.isatty() and input_fn is input
+  chat = client.chat
+  max_tokens = min(max_tokens, chat.engine.config.max_seq_len - 1)
+  history: list[dict] = []
+  turn = 0
+  while True:
+    try:
+      line = input_fn("you> " if interactive_tty else "")
+    except EOFError:
+      break
+    if line.strip() == "/exit":
+      break
+    if line.strip() == "/reset":
+      history = []
+      continue
+    if not line.strip():
+      continue
+    history.append({"role": "user", "content": line})
+    request = ChatRequest(messages=history, max_tokens=max_tokens, system=system,
+                          sampling=SamplingParams(temperature, top_k, top_p))
+    while True:
+      try:
+        prompt = chat.prompt(request)
+        break
+      except RequestError:
+        if len(history) <= 1:
+          raise
+        history = history[2:]  # drop the oldest user / assistant pair
+        request.messages = history
+    output.write("assistant> ")
+    deltas, final = TextDeltas(request.stop_sequences), None
+    for snapshots in chat.snapshots([request], [prompt], seeds=[seed + turn]):
+      final = snapshots[0]
+      output.write(deltas.update(final.text, final.stop_reason is not None))
+      output.flush()
+    output.write("\n")
+    output.flush()
+    history.append({"role": "assistant", "content": final.text})
+    turn += 1
+  return history
