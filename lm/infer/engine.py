@@ -24,6 +24,9 @@ seed gives the same text whatever else shares the batch.
 
 Parameters and cache live on a mesh like training's (`lm/parallel`): the batch over data
 and fsdp, heads and the cache's kv heads over tensor, so tensor-parallel decoding works.
+The engine keeps its own copy of the parameters with the layers unrolled (`set_params`
+takes scanned or unrolled ones, e.g. a policy after an RL update): under nn.scan every
+decoded token would copy each layer's weights out of the stack.
 
 A stop string is matched in the loop as the token sequence `tokenizer.encode` gives it;
 the decoded text is searched too, so another tokenization of it still ends the completion
@@ -162,9 +165,11 @@ class Engine:
 
   def __init__(self, model_config: ModelConfig, params: Any, tokenizer: Any,
                mesh: Mesh | None = None, rules: rules_lib.Rules = rules_lib.DEFAULT_RULES):
-    self.config = model_config
+    # The model as the engine runs it: layers unrolled (a scanned stack would copy every
+    # layer's weights and cache at each token) and no remat (nothing is differentiated).
+    self.config = model_config.replace(scan_layers=False, remat="none")
     self.tokenizer = tokenizer
-    self.model = Decoder(model_config)
+    self.model = Decoder(self.config)
     self.mesh = mesh if mesh is not None else mesh_lib.make_mesh(
         {"data": -1, "fsdp": 1, "tensor": 1})
     self.rules = rules
@@ -176,13 +181,27 @@ class Engine:
                        f"{kv_ways} devices the cache's kv heads are sharded over; replicate them "
                        "with --config.mesh.rules='act_kv_heads='")
     self.param_shardings = rules_lib.logical_shardings(boxed, self.mesh, rules)
-    self.params = jax.device_put(params, self.param_shardings)
+    self.set_params(params)
     self.batch_multiple = self._ways("act_batch")
     statics = ("slots", "columns", "filtered", "greedy_only")
     self._prefill = jax.jit(functools.partial(_prefill, self.model),
                             static_argnames=statics)
     self._decode = jax.jit(functools.partial(_decode, self.model),
                            static_argnames=("filtered", "greedy_only"), donate_argnums=(1,))
+
+  def set_params(self, params: Any) -> None:
+    """Decodes with `params` from now on (e.g. a policy after an update): the parameters of
+    Decoder(model_config), scanned or not; they are copied into the engine's layout."""
+    params = nn.unbox(params)
+    if "layers" in params:  # scanned: [L, ...] stacks -> layers_0, layers_1, ...
+      def unstack(params):
+        out = {k: v for k, v in params.items() if k != "layers"}
+        for i in range(self.config.num_layers):
+          out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
+        return out
+      self.params = jax.jit(unstack, out_shardings=self.param_shardings)(params)
+    else:
+      self.params = jax.device_put(params, self.param_shardings)
 
   @classmethod
   def from_workdir(cls, workdir: str, mesh: Mesh | None = None) -> "Engine":

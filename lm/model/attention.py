@@ -7,8 +7,9 @@ K kv heads, H head dim, L layers.
 The score/softmax/value product goes through `jax.nn.dot_product_attention`, which takes
 GQA directly (N a multiple of K) and on GPU dispatches to the cuDNN fused kernel.
 
-Decoding keeps the keys and values of past tokens in a `KVCache`. Time t (the t-th token
-fed to the model, the same for every row: prompts are left-padded) lives in slot t % S, so
+Decoding keeps the keys and values of past tokens in a `KVCache`, one [B, K, S, H] array
+per layer. Time t (the t-th token fed to the model, the same for every row: prompts are
+left-padded) lives in slot t % S, so
 a cache with S >= every time is a plain array and a sliding-window model gets a ring buffer
 of S = window slots. Which slot holds which time is arithmetic on `index` alone, and
 `start` says where each row's real tokens begin; `cache_mask` turns both into the boolean
@@ -68,31 +69,40 @@ def attention_mask(segment_ids: jax.Array, sliding_window: int) -> jax.Array:
   return (same_segment & allowed)[:, None, :, :]
 
 
-# Logical axes of the cache's key and value arrays [L, B, S, K, H] (rules in lm/parallel/rules.py).
-CACHE_AXES = ("layers", "act_batch", "act_len", "act_kv_heads", None)
+# Logical axes of each layer's cached keys and values [B, K, S, H] (rules: lm/parallel/rules.py).
+CACHE_AXES = ("act_batch", "act_kv_heads", "act_len", None)
 
 
 @struct.dataclass
 class KVCache:
-  """Keys and values of every layer, stacked like the scanned parameters."""
-  key: jax.Array    # [L, B, S, K, H] in the compute dtype, RoPE applied
-  value: jax.Array  # [L, B, S, K, H]
+  """Keys and values of every layer: one array per layer, laid out [B, K, S, H].
+
+  One array per layer, rather than one stacked [L, ...] array, and kv heads before slots:
+  on XLA's CPU backend (the one measured) a decode step then writes its slot of each layer
+  in place and attention reads the slots without a transpose; a stacked cache was copied
+  whole at every layer of every step.
+  """
+  key: tuple[jax.Array, ...]    # L x [B, K, S, H] in the compute dtype, RoPE applied
+  value: tuple[jax.Array, ...]  # L x [B, K, S, H]
   index: jax.Array  # [] int32: the time of the next token fed in (tokens so far)
   start: jax.Array  # [B] int32: the time of each row's first real token (padding before it)
 
   @property
   def slots(self) -> int:
-    return self.key.shape[2]
+    return self.key[0].shape[2]
 
   @classmethod
   def zeros(cls, config: ModelConfig, batch: int, slots: int,
             start: jax.Array | None = None) -> "KVCache":
     """An empty cache; `slots` >= the tokens a row will hold, or >= the window (a ring)."""
-    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.resolved_head_dim)
-    key = nn.with_logical_constraint(jnp.zeros(shape, config.compute_dtype), CACHE_AXES)
-    value = nn.with_logical_constraint(jnp.zeros(shape, config.compute_dtype), CACHE_AXES)
+    shape = (batch, config.num_kv_heads, slots, config.resolved_head_dim)
+
+    def zeros():
+      return tuple(nn.with_logical_constraint(jnp.zeros(shape, config.compute_dtype), CACHE_AXES)
+                   for _ in range(config.num_layers))
+
     start = jnp.zeros((batch,), jnp.int32) if start is None else start.astype(jnp.int32)
-    return cls(key=key, value=value, index=jnp.zeros((), jnp.int32), start=start)
+    return cls(key=zeros(), value=zeros(), index=jnp.zeros((), jnp.int32), start=start)
 
 
 def cache_slots(config: ModelConfig, max_tokens: int) -> int:
@@ -147,15 +157,13 @@ def cache_positions(cache: KVCache, new_tokens: int) -> jax.Array:
   return jnp.maximum(times[None, :] - cache.start[:, None], 0)
 
 
-def _write(stack: jax.Array, layer, new: jax.Array, first_time: jax.Array) -> jax.Array:
-  """Writes new [B, T, K, H] at times first_time... into layer `layer` of stack [L, B, S, K, H]."""
-  slots, t = stack.shape[2], new.shape[1]
-  new = new.astype(stack.dtype)
+def _write(cached: jax.Array, new: jax.Array, first_time: jax.Array) -> jax.Array:
+  """Writes new [B, T, K, H] at times first_time, first_time + 1, ... into cached [B, K, S, H]."""
+  slots, t = cached.shape[2], new.shape[1]
+  new = jnp.swapaxes(new, 1, 2).astype(cached.dtype)  # [B, K, T, H]
   if t == 1:  # decoding: one slot, updated in place
-    slot = jnp.mod(first_time, slots)
-    return jax.lax.dynamic_update_slice(stack, new[None], (layer, 0, slot, 0, 0))
-  layer_stack = stack[layer].at[:, jnp.mod(first_time + jnp.arange(t), slots)].set(new)
-  return jax.lax.dynamic_update_index_in_dim(stack, layer_stack, layer, 0)
+    return jax.lax.dynamic_update_slice_in_dim(cached, new, jnp.mod(first_time, slots), axis=2)
+  return cached.at[:, :, jnp.mod(first_time + jnp.arange(t), slots)].set(new)
 
 
 class Attention(nn.Module):
@@ -166,9 +174,9 @@ class Attention(nn.Module):
                mask: jax.Array | None, cache: tuple | None = None):
     """x: [B, T, D]; mask: None (plain causal) or boolean [B, 1, T, T].
 
-    Decoding: cache = (keys, values, layer, index), the whole stacks [L, B, S, K, H] of a
-    KVCache, this layer's index into them and the time of x's first token; mask comes from
-    `cache_mask`. Returns (y, (keys, values)) with this layer's new keys and values written.
+    Decoding: cache = (keys, values, index), this layer's cached [B, K, S, H] arrays and the
+    time of x's first token; mask comes from `cache_mask`. Returns (y, (keys, values)) with
+    x's keys and values written into their slots.
     """
     cfg = self.config
     dt = cfg.compute_dtype
@@ -191,18 +199,19 @@ class Attention(nn.Module):
 
     new_cache = None
     if cache is not None:
-      keys, values, layer, index = cache  # [L, B, S, K, H] each
-      t = x.shape[1]
-      if writes_first(cfg, t, keys.shape[2]):
-        keys, values = _write(keys, layer, key, index), _write(values, layer, value, index)
-        key, value = keys[layer].astype(dt), values[layer].astype(dt)  # [B, S, K, H]
+      keys, values, index = cache  # [B, K, S, H] each
+      t, slots = x.shape[1], keys.shape[2]
+      if writes_first(cfg, t, slots):
+        keys, values = _write(keys, key, index), _write(values, value, index)
+        key = jnp.swapaxes(keys, 1, 2).astype(dt)  # [B, S, K, H]: a view for the attention
+        value = jnp.swapaxes(values, 1, 2).astype(dt)
       else:  # a long prefill into a ring: attend to [old slots, new keys], then keep the last
-        kept = min(t, keys.shape[2])
-        old_key, old_value = keys[layer].astype(dt), values[layer].astype(dt)
-        keys = _write(keys, layer, key[:, t - kept:], index + t - kept)
-        values = _write(values, layer, value[:, t - kept:], index + t - kept)
-        key = jnp.concatenate([old_key, key], axis=1)        # [B, S + T, K, H]
-        value = jnp.concatenate([old_value, value], axis=1)
+        kept = min(t, slots)
+        old_key, old_value = jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2)
+        keys = _write(keys, key[:, t - kept:], index + t - kept)
+        values = _write(values, value[:, t - kept:], index + t - kept)
+        key = jnp.concatenate([old_key.astype(dt), key], axis=1)        # [B, S + T, K, H]
+        value = jnp.concatenate([old_value.astype(dt), value], axis=1)
       new_cache = (keys, values)
 
     window = (cfg.sliding_window - 1, 0) if cfg.sliding_window and mask is None else None

@@ -8,10 +8,10 @@ document) and `segment_ids` [B, T] (tokens attend only within their own document
 
 Decoding: `.apply(variables, tokens, cache=cache)` with a `KVCache` feeds T more tokens of
 every row (a whole left-padded prompt, then one token at a time) and returns
-`(logits, new_cache)`; positions default to each row's own count of real tokens. Under
-nn.scan the layer stacks of the cache ride in the carry and each block writes its own slot
-in place, rather than passing per-layer slices in and out, which would copy the whole cache
-at every decoded token.
+`(logits, new_cache)`; positions default to each row's own count of real tokens. Each block
+takes its layer's keys and values and returns them updated: unrolled, one array per layer;
+under nn.scan, stacked into a scanned input and output. Scanning copies every layer's
+weights and cache slice at each step, so the inference engine decodes with unrolled layers.
 """
 
 import flax.linen as nn
@@ -37,21 +37,19 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, carry, sin, cos, mask, layer=None, index=None):
-    """carry: x [B, T, D]; decoding: (x, keys, values) with the cache stacks, `layer` this
-    block's index into them and `index` the time of x's first token."""
-    x, kv = (carry, None) if layer is None else (carry[0], carry[1:])
+  def __call__(self, x, sin, cos, mask, cache=None, index=None):
+    """x: [B, T, D]. Decoding: cache = this layer's (keys, values) and index = the time of
+    x's first token; the second output is then the updated (keys, values)."""
     x = nn.with_logical_constraint(x, ACTIVATION_AXES)
     attention = Attention(self.config, name="attention")
     h = Norm(self.config, name="attention_norm")(x)
-    if kv is None:
+    if cache is None:
       x = x + attention(h, sin, cos, mask)
     else:
-      y, kv = attention(h, sin, cos, mask, cache=(*kv, layer, index))
+      y, cache = attention(h, sin, cos, mask, cache=(*cache, index))
       x = x + y
     x = x + Mlp(self.config, name="mlp")(Norm(self.config, name="mlp_norm")(x))
-    x = nn.with_logical_constraint(x, ACTIVATION_AXES)
-    return (x if kv is None else (x, *kv)), None
+    return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
 
 
 class Decoder(nn.Module):
@@ -87,26 +85,31 @@ class Decoder(nn.Module):
     block = Block
     if cfg.remat != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-    carry, extra, in_axes = x, (), (nn.broadcast, nn.broadcast, nn.broadcast)
-    if cache is not None:  # the cache stacks ride in the carry; each block gets its index
-      carry = (x, cache.key, cache.value)
-      extra, in_axes = (jnp.arange(cfg.num_layers), cache.index), in_axes + (0, nn.broadcast)
+    in_axes = (nn.broadcast, nn.broadcast, nn.broadcast)
+    layer_caches, extra = [None] * cfg.num_layers, ()
+    if cache is not None:
+      layer_caches = list(zip(cache.key, cache.value))
+      in_axes += (0, nn.broadcast)  # under scan: the stacked caches in and out, the index
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=in_axes, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, _ = stack(cfg, name="layers")(carry, sin, cos, mask, *extra)
+      if cache is not None:
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *layer_caches)  # [L, B, K, S, H]
+        extra = (stacked, cache.index)
+      x, new_stacked = stack(cfg, name="layers")(x, sin, cos, mask, *extra)
+      if cache is not None:
+        layer_caches = [jax.tree.map(lambda a, i=i: a[i], new_stacked)
+                        for i in range(cfg.num_layers)]
     else:
       for i in range(cfg.num_layers):
-        layer_extra = (i, cache.index) if cache is not None else ()
-        carry, _ = block(cfg, name=f"layers_{i}")(carry, sin, cos, mask, *layer_extra)
+        extra = () if cache is None else (layer_caches[i], cache.index)
+        x, layer_caches[i] = block(cfg, name=f"layers_{i}")(x, sin, cos, mask, *extra)
     if cache is not None:
-      x, keys, values = carry
-      cache = cache.replace(key=nn.with_logical_constraint(keys, CACHE_AXES),
-                            value=nn.with_logical_constraint(values, CACHE_AXES),
+      constrain = lambda a: nn.with_logical_constraint(a, CACHE_AXES)
+      cache = cache.replace(key=tuple(constrain(k) for k, _ in layer_caches),
+                            value=tuple(constrain(v) for _, v in layer_caches),
                             index=cache.index + tokens.shape[-1])
-    else:
-      x = carry
 
     if last_only:
       x = x[:, -1:]

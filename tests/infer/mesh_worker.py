@@ -32,7 +32,7 @@ def main(spec: dict) -> None:
     engine = Engine.from_workdir(spec["workdir"], mesh=mesh)
     completions = engine.generate(spec["prompts"], max_new_tokens=spec["max_new"],
                                   sampling=GREEDY, stop_token_ids=[])
-    key = prefill_cache(engine, spec["prompts"]).key
+    key = prefill_cache(engine, spec["prompts"]).key[0]  # layer 0: [B, K, S, H]
     out["x".join(map(str, shape))] = {
         "completions": [{"tokens": c.tokens, "logprobs": c.logprobs} for c in completions],
         "cache_shape": list(key.shape),

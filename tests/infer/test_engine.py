@@ -202,11 +202,24 @@ def test_tensor_and_data_parallel_decoding_match_one_device(engine, workdir):
   assert result.returncode == 0, result.stderr[-5000:]
   meshes = json.loads(result.stdout.split("RESULT ", 1)[1])
   assert set(meshes) == {"1x1x2", "2x1x1"}
-  # [L, B, S, K, H]: kv heads split over tensor, rows over data.
-  l, b, s, k, h = meshes["1x1x2"]["cache_shape"]
-  assert meshes["1x1x2"]["cache_shard_shape"] == [l, b, s, k // 2, h]
-  assert meshes["2x1x1"]["cache_shard_shape"] == [l, b // 2, s, k, h]
+  # [B, K, S, H]: kv heads split over tensor, rows over data.
+  b, k, s, h = meshes["1x1x2"]["cache_shape"]
+  assert meshes["1x1x2"]["cache_shard_shape"] == [b, k // 2, s, h]
+  assert meshes["2x1x1"]["cache_shard_shape"] == [b // 2, k, s, h]
   for name, rows in meshes.items():
     for row, want in zip(rows["completions"], expected):
       assert row["tokens"] == want.tokens, name
       np.testing.assert_allclose(row["logprobs"], want.logprobs, atol=1e-4)
+
+
+def test_set_params_takes_scanned_or_unrolled_parameters(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  unrolled = engine.params
+  try:
+    for params in (unrolled, models.noise_params()):  # the engine's layout; a scanned stack
+      engine.set_params(params)
+      again = engine.generate(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                              stop_token_ids=[])
+      assert [c.tokens for c in again] == [c.tokens for c in completions]
+  finally:
+    engine.set_params(unrolled)
