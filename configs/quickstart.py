@@ -1,4 +1,4 @@
-"""Quickstart: a 1.6M-parameter byte-level Llama trained on the built-in corpus.
+"""Quickstart: a 1.7M-parameter byte-level Llama trained on the built-in corpus.
 
 Command:  lm train --config=configs/quickstart.py --workdir=runs/quickstart
           lm sample --workdir=runs/quickstart --prompt="The "

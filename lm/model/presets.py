@@ -13,7 +13,7 @@ PRESETS: dict[str, ModelConfig] = {
     # For tests: compiles in seconds.
     "tiny": ModelConfig(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
                         d_ff=256, max_seq_len=512, **_LLAMA),
-    # The quickstart model: 1.6M parameters, byte-level, Llama-3-style (GQA, SwiGLU).
+    # The quickstart model: 1.7M parameters, byte-level, Llama-3-style (GQA, SwiGLU).
     "quickstart": ModelConfig(vocab_size=320, d_model=192, num_layers=4, num_heads=6,
                               num_kv_heads=2, d_ff=512, max_seq_len=1024, **_LLAMA),
     "gpt2-124m": ModelConfig(vocab_size=50257, d_model=768, num_layers=12, num_heads=12,
