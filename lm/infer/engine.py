@@ -57,7 +57,8 @@ from lm.train import state as state_lib
 # Why a row stopped, as the loop records it (0: still running).
 REASONS = {1: "end_turn", 2: "max_tokens", 3: "stop_sequence"}
 _END_TURN, _MAX_TOKENS, _STOP_SEQUENCE = 1, 2, 3
-# Stop-sequence padding: ANY matches every token (left of a shorter sequence), NEVER none.
+# Stop-sequence padding: ANY matches every token (left of a shorter sequence), NEVER none;
+# NO_TOKEN fills the recent-token window before a row has generated M tokens.
 _ANY, _NEVER, _NO_TOKEN = -1, -3, -2
 
 
@@ -68,7 +69,7 @@ class Completion:
   logprobs: list[float]      # log p(token | prompt, earlier tokens) under the model
   stop_reason: str | None    # "end_turn", "max_tokens", "stop_sequence"; None: running
   stop_sequence: str | None = None  # the stop string that ended it
-  prompt_tokens: int = 0
+  prompt_tokens: int = 0     # length of the prompt it continues
 
 
 @struct.dataclass
