@@ -26,6 +26,8 @@ setup(
         "safetensors==0.8.0",
         "tokenizers==0.23.3",
         "jinja2==3.1.6",
+        # data.tokenizer=spm:PATH and `lm tokenizer` (lm/data/tokenizer.py).
+        "sentencepiece==0.2.3",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).

@@ -1,6 +1,8 @@
 """Tokenizers, named by `data.tokenizer`:
 
   byte       ids 0-255 are the UTF-8 bytes; needs no training and no files
+  spm:PATH   a SentencePiece model file (local or gs://), e.g. one `lm tokenizer` trained
+             with `train_sentencepiece`, or a Llama / Gemma `tokenizer.model`
   hf:DIR     a Hugging Face `tokenizer.json` (the `tokenizers` library) with the special
              tokens and chat template of its `tokenizer_config.json`
 
@@ -10,9 +12,11 @@ so code elsewhere asks the tokenizer for them instead of hard-coding ids.
 
 import functools
 import hashlib
+import io
 import json
 import os
 import re
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -49,16 +53,208 @@ class ByteTokenizer:
     per message ({"role": "system" | "user" | "assistant", "content": str}), then
     `<assistant>` when a reply is to follow. Role tokens are ids no text encodes to, so no
     message can forge a turn. (HFTokenizer.render_chat returns the rendered text instead.)"""
-    ids = [self.bos_id]
-    for message in messages:
-      role = f"<{message['role']}>"
-      if role not in ("<system>", "<user>", "<assistant>"):
-        raise ValueError(f"message role {message['role']!r} is not system, user or assistant")
-      ids += [self.special_ids[role], *self.encode(message["content"]).tolist(),
-              self.special_ids["<end_of_turn>"]]
-    if add_generation_prompt:
-      ids.append(self.special_ids["<assistant>"])
-    return np.array(ids, np.int32)
+    return _render_role_chat(self, messages, add_generation_prompt)
+
+
+def _render_role_chat(tokenizer, messages: list[dict], add_generation_prompt: bool) -> np.ndarray:
+  """The built-in chat template of ByteTokenizer and SentencePieceTokenizer, as token ids."""
+  ids = [tokenizer.bos_id]
+  for message in messages:
+    role = f"<{message['role']}>"
+    if role not in ("<system>", "<user>", "<assistant>"):
+      raise ValueError(f"message role {message['role']!r} is not system, user or assistant")
+    ids += [tokenizer.special_ids[role], *tokenizer.encode(message["content"]).tolist(),
+            tokenizer.special_ids["<end_of_turn>"]]
+  if add_generation_prompt:
+    ids.append(tokenizer.special_ids["<assistant>"])
+  return np.array(ids, np.int32)
+
+
+# A model from train_sentencepiece: <pad> 0, <bos> 1, <eos> 2, <unk> 3, the role tokens 4-7
+# (control pieces: no text encodes to them), the byte pieces <0x00>..<0xFF> 8-263, then the
+# learned pieces.
+_ROLE_TOKENS = SPECIAL_TOKENS[3:]
+_SPM_RESERVED = len(SPECIAL_TOKENS) + 1 + 256
+_SPM_SPACE = "\u2581"        # SentencePiece writes a space as this visible character
+_SPM_CHUNK_CHARS = 2048      # documents are cut into training sentences of about this size
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model file: `data.tokenizer="spm:PATH"` (local or gs://).
+
+  Models from `train_sentencepiece` give text back exactly: no normalization, no dummy
+  prefix, byte pieces for whatever the vocabulary lacks, and role tokens that are control
+  pieces, so `render_chat` works as ByteTokenizer's. Other models (a Llama or Gemma
+  `tokenizer.model`) load too, with their own bos / eos / pad (pad falls back to eos, then
+  0); render_chat says which role tokens they lack."""
+
+  def __init__(self, path: str):
+    # pylint: disable=import-outside-toplevel
+    import sentencepiece
+    from etils import epath
+    from sentencepiece import sentencepiece_model_pb2
+    if "://" not in path:
+      path = os.path.abspath(os.path.expanduser(path))
+    self.path = path
+    if not epath.Path(path).exists():
+      raise FileNotFoundError(f"data.tokenizer='spm:{path}': no such file (`lm tokenizer` "
+                              "trains one)")
+    raw = epath.Path(path).read_bytes()
+    try:
+      proto = sentencepiece_model_pb2.ModelProto.FromString(raw)
+      self._sp = sp = sentencepiece.SentencePieceProcessor(model_proto=raw)
+    except Exception as e:  # protobuf's DecodeError or SentencePiece's RuntimeError
+      raise ValueError(f"data.tokenizer='spm:{path}' is not a SentencePiece model: {e}") from e
+    self.name = f"spm:{path}:{hashlib.sha256(raw).hexdigest()[:12]}"
+    self.vocab_size = sp.vocab_size()
+    self.bos_id, self.eos_id = (i if i >= 0 else None for i in (sp.bos_id(), sp.eos_id()))
+    self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else (self.eos_id or 0)
+    self.special_ids = {token: i for token, i in (("<pad>", self.pad_id), ("<bos>", self.bos_id),
+                                                  ("<eos>", self.eos_id)) if i is not None}
+    for token in _ROLE_TOKENS:
+      i = sp.piece_to_id(token)
+      if sp.id_to_piece(i) == token and sp.is_control(i):
+        self.special_ids[token] = i
+    ids = range(self.vocab_size)
+    # Ids that stand for text; control and unknown pieces decode to nothing.
+    self._is_text = np.array([not (sp.is_control(i) or sp.is_unknown(i)) for i in ids])
+    # Bytes of text each id stands for: the denominator of bits per byte.
+    self.token_bytes = np.array(
+        [1 if sp.is_byte(i) else
+         0 if not self._is_text[i] or sp.is_unused(i) else
+         len(sp.id_to_piece(i).replace(_SPM_SPACE, " ").encode()) for i in ids], np.int32)
+    # SentencePiece reads a "▁" in the text as a space; a model that keeps text exact (no
+    # dummy prefix, no whitespace folding) spells it in byte pieces instead, so it survives.
+    space_bytes = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPM_SPACE.encode()]
+    spec = proto.normalizer_spec
+    exact = not spec.add_dummy_prefix and not spec.remove_extra_whitespaces
+    self._space_ids = space_bytes if exact and all(map(sp.is_byte, space_bytes)) else None
+
+  def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
+    if self._space_ids is not None and _SPM_SPACE in text:
+      first, *rest = text.split(_SPM_SPACE)
+      ids = self._sp.encode(first)
+      for part in rest:
+        ids += self._space_ids + self._sp.encode(part)
+    else:
+      ids = self._sp.encode(text)
+    for add, token_id, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
+      if add and token_id is None:
+        raise ValueError(f"data.tokenizer='spm:{self.path}' has no {name} piece")
+    return np.array(([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else []),
+                    np.int32)
+
+  def decode(self, ids) -> str:
+    """Text of the ids; special tokens (and ids beyond the vocabulary) are dropped."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    ids = ids[(ids >= 0) & (ids < self.vocab_size)]
+    return self._sp.decode(ids[self._is_text[ids]].tolist())
+
+  def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> np.ndarray:
+    """ByteTokenizer's chat template in this model's ids (models from `lm tokenizer`)."""
+    missing = [t for t in ("<bos>", *_ROLE_TOKENS) if t not in self.special_ids]
+    if missing:
+      raise ValueError(f"data.tokenizer='spm:{self.path}' has no control pieces for "
+                       f"{', '.join(missing)}, which the built-in chat template needs; "
+                       "train a tokenizer that has them with `lm tokenizer`")
+    return _render_role_chat(self, messages, add_generation_prompt)
+
+
+def _training_sentences(texts: Iterable[str], max_chars: int, seen: dict) -> Iterator[str]:
+  """The texts cut at line ends into sentences of about _SPM_CHUNK_CHARS characters, up to
+  max_chars in all. SentencePiece skips sentences over its length limit; whole lines keep
+  newlines inside sentences, where pieces can learn them. `seen` records the characters given
+  and the error reading `texts` raised (SentencePiece reports it as a RuntimeError)."""
+  try:
+    for text in texts:
+      start = 0
+      while start < len(text):
+        if seen["chars"] >= max_chars:
+          return
+        end = min(start + _SPM_CHUNK_CHARS, len(text))
+        newline = text.rfind("\n", start, end) if end < len(text) else -1
+        end = newline + 1 if newline >= start else end
+        seen["chars"] += end - start
+        yield text[start:end]
+        start = end
+  except Exception as e:
+    seen["error"] = e
+    raise
+
+
+def train_sentencepiece(texts: Iterable[str], model_path: str, vocab_size: int,
+                        model_type: str = "bpe", max_chars: int = 10_000_000
+                        ) -> SentencePieceTokenizer:
+  """Trains a SentencePiece model (`data.tokenizer="spm:<model_path>"`) on the first
+  `max_chars` characters of `texts` and writes it atomically to `model_path`.
+
+  The model gives any text back exactly, as the loss in bits per byte assumes: identity
+  normalization, whitespace kept as it is (runs of spaces may be pieces, for code), byte
+  fallback for rare characters, digits split. The special tokens have the ids of
+  SentencePieceTokenizer's table; the role tokens are control pieces that no text encodes to."""
+  # pylint: disable=import-outside-toplevel
+  import sentencepiece
+  from etils import epath
+  if model_type not in ("bpe", "unigram"):
+    raise ValueError(f"model_type={model_type!r} is not 'bpe' or 'unigram'")
+  if vocab_size <= _SPM_RESERVED:
+    raise ValueError(f"vocab_size={vocab_size} leaves no room for learned pieces: the "
+                     f"special and byte pieces take {_SPM_RESERVED}")
+  if max_chars <= 0:
+    raise ValueError(f"max_chars={max_chars} must be positive")
+  seen = {"chars": 0, "error": None}
+  model = io.BytesIO()
+  try:
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=_training_sentences(texts, max_chars, seen), model_writer=model,
+        model_type=model_type, vocab_size=vocab_size,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+        pad_piece="<pad>", bos_piece="<bos>", eos_piece="<eos>", unk_piece="<unk>",
+        control_symbols=list(_ROLE_TOKENS), byte_fallback=True, split_digits=True,
+        character_coverage=0.9995, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True, max_sentence_length=4 * _SPM_CHUNK_CHARS,
+        num_threads=os.cpu_count() or 1, minloglevel=2)
+  except RuntimeError as e:
+    if seen["error"] is not None:
+      raise seen["error"]
+    if not seen["chars"]:
+      raise ValueError("train_sentencepiece: the texts are empty") from e
+    raise ValueError(f"vocab_size={vocab_size}, model_type={model_type!r}: SentencePiece "
+                     f"cannot train on these {seen['chars']:,} characters: {e}") from e
+  if "://" not in model_path:
+    model_path = os.path.abspath(os.path.expanduser(model_path))
+  path = epath.Path(model_path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(path)
+  return SentencePieceTokenizer(model_path)
+
+
+def sample_documents(documents: Sequence[str], max_chars: int | None = None, seed: int = 0
+                     ) -> Iterator[str]:
+  """The documents in a random order, read lazily, until `max_chars` characters: a sample of
+  a large corpus that a tokenizer can train on (or be measured on) without reading it all."""
+  # At most 2^20 draws: a tokenizer trains on millions of characters, not on all of C4.
+  order = np.random.default_rng(seed).choice(len(documents), min(len(documents), 1 << 20),
+                                             replace=False)
+  chars = 0
+  for i in order:
+    if max_chars is not None and chars >= max_chars:
+      return
+    document = documents[int(i)]
+    chars += len(document)
+    yield document
+
+
+def bytes_per_token(tokenizer, texts: Iterable[str]) -> float:
+  """UTF-8 bytes per token: how much a tokenizer compresses text (the byte tokenizer: 1)."""
+  num_bytes = num_tokens = 0
+  for text in texts:
+    num_bytes += len(text.encode("utf-8"))
+    num_tokens += len(tokenizer.encode(text))
+  return num_bytes / max(num_tokens, 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -209,15 +405,18 @@ def _compile_chat_template(source: str):
   return env.from_string(source)
 
 
-Tokenizer = ByteTokenizer | HFTokenizer
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
 TOKENIZERS = {"byte": ByteTokenizer}
 
 
 def get(name: str) -> Tokenizer:
-  """The tokenizer `data.tokenizer` names: "byte" or "hf:DIR"."""
+  """The tokenizer `data.tokenizer` names: "byte", "spm:PATH" or "hf:DIR"."""
   if name.startswith("hf:"):
     return HFTokenizer(name[3:])
+  if name.startswith("spm:"):
+    return SentencePieceTokenizer(name[4:])
   if name not in TOKENIZERS:
-    raise ValueError(f"data.tokenizer={name!r} is not known; choose one of {sorted(TOKENIZERS)} "
-                     "or hf:DIR (a Hugging Face tokenizer.json directory)")
+    raise ValueError(f"data.tokenizer={name!r} is not known; choose one of {sorted(TOKENIZERS)}, "
+                     "spm:PATH (a SentencePiece model) or hf:DIR (a Hugging Face tokenizer.json "
+                     "directory)")
   return TOKENIZERS[name]()
