@@ -29,10 +29,20 @@ def base_config() -> ml_collections.ConfigDict:
     config.model[name] = config_dict.placeholder(field_type)
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "builtin:stdlib"  # builtin:stdlib | synthetic:markov | text:<glob>
-  config.data.tokenizer = "byte"
-  config.data.cache_dir = "~/.cache/lm/data"
-  config.data.eval_every_nth_chunk = 20   # 1 in 20 chunks of the stream is held out
+  # tfds:<name>[/<config>][:<version>] | text:<glob> | jsonl:<glob> | builtin:stdlib |
+  # synthetic:markov (lm/data/sources.py)
+  config.data.source = "builtin:stdlib"
+  config.data.tokenizer = "byte"          # byte | spm:<file.model> | hf:<dir>
+  config.data.text_field = "text"         # the feature (tfds:) or JSON key (jsonl:) to read
+  config.data.cache_dir = "~/.cache/lm/data"  # local sources, prepared once as ArrayRecord
+  config.data.tfds_data_dir = ""          # "": TFDS' default (~/tensorflow_datasets)
+  config.data.tfds_download = True        # download and prepare a tfds: source on first use
+  config.data.eval_every_nth = 20         # local sources: 1 in 20 documents is held out
+  config.data.shards = 0                  # input streams the global batch is cut into;
+                                          # 0: one per process (see lm/data/pipeline.py)
+  config.data.num_threads = 1             # tokenizing threads per stream
+  config.data.num_workers = 0             # tokenizing processes per stream (0: in-process)
+  config.data.prefetch = 4                # batches prepared ahead in a background thread
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 1000
@@ -101,6 +111,15 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
   if tokenizer_vocab > model.vocab_size:
     errors.append(f"model.vocab_size={model.vocab_size} is smaller than the vocabulary of "
                   f"data.tokenizer={config.data.tokenizer!r} ({tokenizer_vocab})")
+  d = config.data
+  if d.shards < 0 or (d.shards and t.batch_size % d.shards):
+    errors.append(f"data.shards={d.shards} must be 0 (one per process) or divide "
+                  f"train.batch_size={t.batch_size}")
+  for name in ("num_threads", "num_workers", "prefetch"):
+    if d[name] < 0:
+      errors.append(f"data.{name}={d[name]} must be >= 0")
+  if d.eval_every_nth < 2:
+    errors.append(f"data.eval_every_nth={d.eval_every_nth} must be >= 2")
   if not 0 <= t.min_lr_ratio <= 1:
     errors.append(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
   if t.lr <= 0:

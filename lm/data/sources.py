@@ -1,38 +1,75 @@
-"""Where text comes from, named by one string (`data.source`):
+"""Where documents come from, named by one string (`data.source`):
 
+  tfds:<name>[/<config>][:<version>]   any dataset of the TFDS catalog (lm1b, c4, wikipedia,
+                        tiny_shakespeare, ...), read by index from its ArrayRecord files in
+                        `data.tfds_data_dir`; downloaded and prepared there on first use when
+                        `data.tfds_download` is on (that step needs network and, for many
+                        catalog builders, TensorFlow: the `tf` extra; reading never does)
+  text:<glob>           local text files, one document per file
+  jsonl:<glob>          local JSON-lines files, one document per line, in `data.text_field`
   builtin:stdlib        ~1.7 MB of English prose shipped with Python itself: the pydoc topic
                         pages and every long docstring of the standard library. No network.
   synthetic:markov      a first-order Markov chain over a small alphabet whose entropy rate is
                         known exactly, so a test can check that training approaches the bound.
                         Options after a colon: synthetic:markov:states=16,alpha=0.3,seed=0.
-  text:<glob>           local UTF-8 text files, one document per file.
 
-Each source becomes one token stream (documents separated by eos), split into train and
-eval by interleaved chunks so both see every part of the corpus. Streams are cached as
-.npy files under `data.cache_dir`.
+Local sources (all but tfds:) are written once into a TFDS ArrayRecord dataset under
+`data.cache_dir`, keyed by the source and, for files, their sizes and modification times;
+later runs read it by index like any catalog dataset. Held-out documents: a catalog dataset's
+own validation (or test) split; for local sources every `data.eval_every_nth` document.
 """
 
 import ast
+import contextlib
 import dataclasses
 import glob
 import hashlib
+import json
 import os
 import pathlib
 import sys
 import sysconfig
+from typing import Iterator, Sequence
 
 from absl import logging
+from etils import epath
+import ml_collections
 import numpy as np
 
-EVAL_CHUNK_TOKENS = 1 << 15
+FORMAT_VERSION = "2"           # bump when the preparation below changes what it writes
+MAX_RECORD_CHARS = 1 << 20     # longer documents are stored as several records
+TFDS_EVAL_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenCorpus:
-  train: np.ndarray            # [num_train_tokens] token ids
-  eval: np.ndarray             # [num_eval_tokens]
-  entropy_rate: float | None   # nats per token of the true source, where known
+class Source:
+  name: str
+  train: Sequence[str]          # random access: len(), [i] -> document text
+  eval: Sequence[str]
+  entropy_rate: float | None    # nats per symbol of the true source, where known
+  description: str              # one line for the log: where it lives, how many documents
 
+
+class TextRecords:
+  """Documents of a random-access TFDS data source, as str (invalid UTF-8 replaced).
+
+  A plain top-level class so grain can pickle it into worker processes."""
+
+  def __init__(self, data_source, text_field: str):
+    self._data_source, self._text_field = data_source, text_field
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def __getitem__(self, index: int) -> str:
+    value = self._data_source[index][self._text_field]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+  def __iter__(self) -> Iterator[str]:
+    return (self[i] for i in range(len(self)))
+
+
+# --- The built-in corpora ---------------------------------------------------------------------
 
 def stdlib_documents() -> list[str]:
   """pydoc topic pages and long docstrings of the standard library, in a fixed order."""
@@ -86,70 +123,274 @@ def _parse_options(text: str) -> dict[str, str]:
   return dict(item.split("=", 1) for item in text.split(",") if item)
 
 
-def documents(source: str) -> tuple[list[str], float | None]:
-  """The documents of `source` and, for synthetic sources, the exact entropy rate."""
+def _markov(source: str, options: str) -> tuple[list[str], float]:
+  opts = _parse_options(options)
+  states, alpha = int(opts.get("states", 16)), float(opts.get("alpha", 0.3))
+  seed, length = int(opts.get("seed", 0)), int(opts.get("length", 1_000_000))
+  if not 2 <= states <= 26:
+    raise ValueError(f"data.source={source!r}: states must be in [2, 26]")
+  transitions, rate = markov_chain(states, alpha, seed)
+  # Documents of 10k symbols: enough of them that every data shard and the eval split get some.
+  text = markov_text(transitions, length, seed)
+  return [text[i:i + 10_000] for i in range(0, length, 10_000)], rate
+
+
+# --- Local files ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Counts:
+  """Decisions taken on bad input, counted so that the log can say what happened."""
+  files: int = 0
+  documents: int = 0
+  empty_skipped: int = 0
+  files_with_invalid_utf8: int = 0
+  replaced_bytes: int = 0
+
+
+def _matching_files(source: str, pattern: str) -> list[str]:
+  paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                 if os.path.isfile(p))
+  if not paths:
+    raise FileNotFoundError(f"data.source={source!r}: the glob {pattern!r} matches no files")
+  return paths
+
+
+def _decode(data: bytes, path: str, counts: Counts) -> str:
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError:
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())
+    counts.files_with_invalid_utf8 += 1
+    counts.replaced_bytes += replaced
+    logging.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", path, replaced)
+    return text
+
+
+def _file_documents(source: str, scheme: str, pattern: str, text_field: str,
+                    counts: Counts) -> Iterator[str]:
+  for path in _matching_files(source, pattern):
+    counts.files += 1
+    text = _decode(pathlib.Path(path).read_bytes(), path, counts)
+    if scheme == "text":
+      yield text
+      continue
+    for line_number, line in enumerate(text.splitlines(), 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_number}: not a JSON object ({e.msg})") from e
+      if not isinstance(record, dict) or text_field not in record:
+        raise ValueError(f"{path}:{line_number}: no field data.text_field={text_field!r} "
+                         f"(fields: {sorted(record) if isinstance(record, dict) else '-'})")
+      yield str(record[text_field])
+
+
+def _records(document: str) -> Iterator[str]:
+  """A document cut at line breaks into records of at most MAX_RECORD_CHARS, so that a single
+  huge file still spreads over every data shard; packing later splits records into rows."""
+  while len(document) > MAX_RECORD_CHARS:
+    cut = document.rfind("\n", 0, MAX_RECORD_CHARS) + 1 or MAX_RECORD_CHARS
+    yield document[:cut]
+    document = document[cut:]
+  yield document
+
+
+def _local_documents(source: str, text_field: str) -> tuple[Iterator[str], Counts, float | None]:
   scheme, _, rest = source.partition(":")
+  counts, rate = Counts(), None
   if scheme == "builtin":
     if rest != "stdlib":
       raise ValueError(f"data.source={source!r}: the built-in corpus is 'builtin:stdlib'")
-    return stdlib_documents(), None
-  if scheme == "synthetic":
+    documents = iter(stdlib_documents())
+  elif scheme == "synthetic":
     kind, _, options = rest.partition(":")
     if kind != "markov":
       raise ValueError(f"data.source={source!r}: the synthetic corpus is 'synthetic:markov'")
-    opts = _parse_options(options)
-    states, alpha = int(opts.get("states", 16)), float(opts.get("alpha", 0.3))
-    seed, length = int(opts.get("seed", 0)), int(opts.get("length", 1_000_000))
-    if not 2 <= states <= 26:
-      raise ValueError(f"data.source={source!r}: states must be in [2, 26]")
-    transitions, rate = markov_chain(states, alpha, seed)
-    return [markov_text(transitions, length, seed)], rate
-  if scheme == "text":
-    paths = sorted(glob.glob(os.path.expanduser(rest), recursive=True))
-    paths = [p for p in paths if os.path.isfile(p)]
-    if not paths:
-      raise FileNotFoundError(f"data.source={source!r}: the glob {rest!r} matches no files")
-    docs = [pathlib.Path(p).read_text(encoding="utf-8", errors="replace") for p in paths]
-    docs = [d for d in docs if d]
-    if not docs:
-      raise ValueError(f"data.source={source!r}: every matched file is empty")
-    return docs, None
-  raise ValueError(f"data.source={source!r} has an unknown scheme {scheme!r}; use "
-                   "builtin:stdlib, synthetic:markov or text:<glob>")
+    docs, rate = _markov(source, options)
+    documents = iter(docs)
+  else:
+    _matching_files(source, rest)  # fail now, not inside the TFDS builder
+    documents = _file_documents(source, scheme, rest, text_field, counts)
+
+  def counted() -> Iterator[str]:
+    for document in documents:
+      if not document.strip():
+        counts.empty_skipped += 1
+        continue
+      for record in _records(document):
+        counts.documents += 1
+        yield record
+
+  return counted(), counts, rate
 
 
-def _cache_key(source: str, tokenizer_name: str) -> str:
-  parts = [source, tokenizer_name, sys.version.split()[0]]
-  if source.startswith("text:"):  # a changed file must not hit a stale cache
-    for path in sorted(glob.glob(os.path.expanduser(source[5:]), recursive=True)):
+def _split(records: list[str], every_nth: int) -> tuple[list[str], list[str]]:
+  """(train, eval): every n-th record held out; with fewer than 2n records, the last 1/n of
+  each record instead, so that every source has a held-out split."""
+  if len(records) >= 2 * every_nth:
+    return ([r for i, r in enumerate(records) if i % every_nth != every_nth - 1],
+            [r for i, r in enumerate(records) if i % every_nth == every_nth - 1])
+  train, held_out = [], []
+  for record in records:
+    cut = len(record) - len(record) // every_nth
+    if cut < len(record):
+      held_out.append(record[cut:])
+    train.append(record[:cut])
+  return train, held_out
+
+
+def _cache_key(source: str, data: ml_collections.ConfigDict) -> str:
+  parts = [FORMAT_VERSION, source, str(data.eval_every_nth), sys.version.split()[0]]
+  scheme, _, rest = source.partition(":")
+  if scheme == "jsonl":
+    parts.append(data.text_field)
+  if scheme in ("text", "jsonl"):  # a changed file must not hit a stale cache
+    for path in _matching_files(source, rest):
       stat = os.stat(path)
-      parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+      parts.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def token_stream(source: str, tokenizer, cache_dir: str) -> tuple[np.ndarray, float | None]:
-  """All documents tokenized and joined with eos, cached on disk after the first call."""
-  cache = pathlib.Path(os.path.expanduser(cache_dir)) / f"{_cache_key(source, tokenizer.name)}.npz"
-  if cache.exists():
-    with np.load(cache) as stored:
-      rate = float(stored["entropy_rate"])
-      return stored["tokens"], (None if np.isnan(rate) else rate)
-  docs, rate = documents(source)
-  dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-  tokens = np.concatenate([tokenizer.encode(d, add_eos=True) for d in docs]).astype(dtype)
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npz")
-  np.savez(tmp, tokens=tokens, entropy_rate=np.nan if rate is None else rate)
-  os.replace(tmp, cache)
-  logging.info("Tokenized %s: %d documents, %d tokens, cached at %s", source, len(docs),
-               len(tokens), cache)
-  return tokens, rate
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  """Processes of one host preparing the same source take turns; the later ones reuse."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def load_corpus(source: str, tokenizer, cache_dir: str, eval_every_nth_chunk: int = 20
-                ) -> TokenCorpus:
-  """Train/eval split: every n-th chunk of EVAL_CHUNK_TOKENS tokens is held out."""
-  tokens, rate = token_stream(source, tokenizer, cache_dir)
-  chunk = min(EVAL_CHUNK_TOKENS, max(len(tokens) // (2 * eval_every_nth_chunk), 1))
-  is_eval = (np.arange(len(tokens)) // chunk) % eval_every_nth_chunk == eval_every_nth_chunk - 1
-  return TokenCorpus(train=tokens[~is_eval], eval=tokens[is_eval], entropy_rate=rate)
+def _local_builder_class():
+  """The TFDS builder for local documents, defined on first use so that importing this
+  module does not import TFDS."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class LmLocalText(tfds.core.GeneratorBasedBuilder):
+    """Documents from a local source: `text` per record, splits `train` and `validation`."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, splits: dict[str, list[str]] | None = None, **kwargs):
+      self._splits = splits
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {name: self._generate_examples(docs) for name, docs in self._splits.items()}
+
+    def _generate_examples(self, docs):
+      for i, doc in enumerate(docs):
+        yield i, {"text": doc}
+
+  return LmLocalText
+
+
+_BUILDER = None
+
+
+def _local_source(source: str, data: ml_collections.ConfigDict) -> Source:
+  global _BUILDER  # pylint: disable=global-statement
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  _BUILDER = _BUILDER or _local_builder_class()
+  cache = os.path.abspath(os.path.expanduser(data.cache_dir))
+  data_dir = os.path.join(cache, _cache_key(source, data))
+  summary_path = os.path.join(data_dir, "lm_source.json")
+  with _exclusive(data_dir + ".lock"):
+    if not os.path.exists(summary_path):
+      records, counts, rate = _local_documents(source, data.text_field)
+      records = list(records)
+      if not records:
+        raise ValueError(f"data.source={source!r}: every document is empty "
+                         f"({counts.empty_skipped} skipped)")
+      train, held_out = _split(records, data.eval_every_nth)
+      tfds.disable_progress_bar()
+      _BUILDER(splits={"train": train, "validation": held_out}, data_dir=data_dir,
+               file_format="array_record").download_and_prepare()
+      summary = {"source": source, **dataclasses.asdict(counts), "train": len(train),
+                 "validation": len(held_out), "entropy_rate": rate}
+      epath.Path(summary_path).write_text(json.dumps(summary, indent=2))
+      logging.info("Prepared %s in %s: %s", source, data_dir, summary)
+    summary = json.loads(pathlib.Path(summary_path).read_text(encoding="utf-8"))
+  builder = _BUILDER(data_dir=data_dir, file_format="array_record")
+  decisions = "".join([
+      f", {summary['empty_skipped']} empty skipped" if summary["empty_skipped"] else "",
+      f", {summary['replaced_bytes']} invalid UTF-8 sequences replaced in "
+      f"{summary['files_with_invalid_utf8']} files" if summary["replaced_bytes"] else ""])
+  return Source(
+      name=source,
+      train=TextRecords(builder.as_data_source(split="train"), "text"),
+      eval=TextRecords(builder.as_data_source(split="validation"), "text"),
+      entropy_rate=summary["entropy_rate"],
+      description=f"{source}: {summary['train']} train / {summary['validation']} held-out "
+                  f"documents{decisions}, prepared in {data_dir}")
+
+
+# --- The TFDS catalog -------------------------------------------------------------------------
+
+def _tfds_source(source: str, data: ml_collections.ConfigDict) -> Source:
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  spec = source.partition(":")[2]
+  data_dir = os.path.expanduser(data.tfds_data_dir) if data.tfds_data_dir else None
+  try:
+    builder = tfds.builder(spec, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"data.source={source!r}: {spec!r} is not a TFDS catalog dataset "
+                     f"({type(e).__name__}: {e})") from e
+  where = builder.data_dir
+  how_to = (f"On a machine with network: pip install -e '.[tf]' && tfds build {spec} "
+            f"--file_format=array_record --data_dir={data_dir or '~/tensorflow_datasets'} "
+            "(then copy that directory here and set data.tfds_data_dir)")
+  if not builder.is_prepared():
+    if not data.tfds_download:
+      raise FileNotFoundError(f"data.source={source!r} is not prepared in {where} and "
+                              f"data.tfds_download is off. {how_to}")
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"data.source={source!r} is not prepared in {where} and could not be "
+                         f"downloaded and prepared ({type(e).__name__}: {str(e)[:300]}). "
+                         f"{how_to}") from e
+  splits = builder.info.splits
+  if "train" not in splits:
+    raise ValueError(f"data.source={source!r} has no train split (it has {sorted(splits)})")
+  features = builder.info.features
+  if data.text_field not in features:
+    raise ValueError(f"data.text_field={data.text_field!r} is not a feature of {source!r}; "
+                     f"it has {sorted(features.keys())}")
+  eval_split = next((s for s in TFDS_EVAL_SPLITS if s in splits), None)
+  train_split = "train"
+  if eval_split is None:  # hold out the last documents of train
+    held_out = max(splits["train"].num_examples // data.eval_every_nth, 1)
+    train_split, eval_split = f"train[:-{held_out}]", f"train[-{held_out}:]"
+  try:
+    train, held = (builder.as_data_source(split=s) for s in (train_split, eval_split))
+  except NotImplementedError as e:
+    raise ValueError(f"data.source={source!r} is prepared in {where} in a format without "
+                     f"random access; prepare it again with --file_format=array_record "
+                     f"into another data.tfds_data_dir") from e
+  return Source(name=source, train=TextRecords(train, data.text_field),
+                eval=TextRecords(held, data.text_field), entropy_rate=None,
+                description=f"{source}: {len(train)} train documents ({train_split}), "
+                            f"{len(held)} held-out ({eval_split}), from {where}")
+
+
+def open_source(data: ml_collections.ConfigDict) -> Source:
+  """The train and held-out documents of `data.source`, prepared on first use."""
+  source = data.source
+  scheme = source.partition(":")[0]
+  if scheme == "tfds":
+    return _tfds_source(source, data)
+  if scheme in ("builtin", "synthetic", "text", "jsonl"):
+    return _local_source(source, data)
+  raise ValueError(f"data.source={source!r} has an unknown scheme {scheme!r}; use "
+                   "tfds:<name>, text:<glob>, jsonl:<glob>, builtin:stdlib or synthetic:markov")

@@ -69,7 +69,7 @@ import optax
 from jax.sharding import AbstractMesh, AxisType
 
 from lm import config as config_lib
-from lm.data import batches as batches_lib
+from lm.data import pipeline as pipeline_lib
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import Decoder, ModelConfig
 from lm.parallel import mesh as mesh_lib
@@ -347,8 +347,7 @@ def compile_memory(config: ml_collections.ConfigDict, model: Decoder,
   mesh = mesh_lib.make_mesh(config.mesh)
   abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
   data_sharding = rules_lib.batch_sharding(mesh)
-  example = batches_lib.train_batch(np.zeros(t.seq_len + 2, np.int32), t.batch_size,
-                                    t.seq_len, 0, 0)
+  example = pipeline_lib.example_batch(t.batch_size, t.seq_len)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharding)
            for k, v in example.items()}
   step = loop_lib.make_train_step(model, tx, loop_lib.STAGES[config.stage].loss_fn, t)

@@ -3,7 +3,9 @@ and restore the newest one onto whatever shardings the current run asks for. An 
 model is parameters alone, in `workdir/params`.
 """
 
+import dataclasses
 import json
+from typing import Any
 
 from etils import epath
 import jax
@@ -20,6 +22,53 @@ from lm.train import state as state_lib
 PARAMS_DIR = "params"  # parameters alone, as `lm convert --from_hf` writes them
 
 
+class DataStateHandler(ocp.CheckpointHandler):
+  """The positions of the input streams (lm/data/pipeline.py): one JSON file per stream.
+
+  Every process writes the streams it reads (processes that share rows write the same bytes)
+  and reads back the streams it reads now, so a checkpoint resumes on another number of
+  processes as long as the streams are the same."""
+
+  def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+    for stream, state in args.state["streams"].items():
+      payload = json.dumps({"fingerprint": args.state["fingerprint"], "state": state})
+      tmp = directory / f".stream_{stream}.json.{jax.process_index()}"
+      tmp.write_text(payload)
+      tmp.rename(directory / f"stream_{stream}.json")
+
+  def restore(self, directory: epath.Path, args: "DataStateRestore") -> dict | None:
+    """{"fingerprint", "streams"} for the streams asked for; None when one is missing."""
+    streams, fingerprint = {}, None
+    for stream in args.streams:
+      path = directory / f"stream_{stream}.json"
+      if not path.exists():
+        return None
+      saved = json.loads(path.read_text())
+      fingerprint, streams[str(stream)] = saved["fingerprint"], saved["state"]
+    return {"fingerprint": fingerprint, "streams": streams}
+
+  def metadata(self, directory: epath.Path) -> None:
+    return None
+
+  def finalize(self, directory: epath.Path) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+  state: dict[str, Any]
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+  streams: list[int]
+
+
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          create=True)
@@ -30,21 +79,24 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state, data_state: dict, force: bool = False) -> bool:
-  """Starts an async save of `state` at its step; returns at once while bytes are written."""
+  """Starts an async save of `state` at its step, beside `data_state` (the input streams'
+  positions, taken now); returns at once while the arrays are written."""
   step = int(jax.device_get(state.step))
   return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=ocp.args.JsonSave(data_state)),
+                                                    data=DataStateSave(data_state)),
                       force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings):
-  """(state, data_state) of the newest checkpoint, or None when there is none."""
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings,
+                   streams: list[int]):
+  """(state, data_state) of the newest checkpoint, or None when there is none. data_state is
+  None when the checkpoint lacks one of `streams` (it was saved with other data.shards)."""
   step = manager.latest_step()
   if step is None:
     return None
   target = rules_lib.with_shardings(abstract_state, shardings)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                           data=ocp.args.JsonRestore()))
+                                                           data=DataStateRestore(streams)))
   return restored["state"], restored["data"]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from lm import config as config_lib
-from lm.data import batches as batches_lib
+from lm.data import pipeline as pipeline_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import convert as init_from_lib
@@ -120,10 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config, model_config, tokenizer.vocab_size, dict(mesh.shape))
   model = Decoder(model_config)
   rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
-  corpus = sources.load_corpus(config.data.source, tokenizer, config.data.cache_dir,
-                               config.data.eval_every_nth_chunk)
-  batches_lib.check_length(corpus.train, t.seq_len, "train")
-  batches_lib.check_length(corpus.eval, t.seq_len, "eval")
+  source = sources.open_source(config.data)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
   if is_main:
     save_config(config, workdir)
@@ -135,6 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
   data_sharding = rules_lib.batch_sharding(mesh)
   rows = rules_lib.process_rows(data_sharding, t.batch_size)  # this process's share
+  train_data = pipeline_lib.train_batches(source.train, tokenizer, config, rows)
 
   def to_global(batch):
     return {k: jax.make_array_from_process_local_data(data_sharding, v,
@@ -144,15 +142,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # State: resume from the newest checkpoint, or initialise directly in sharded form.
     manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
-    restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings)
+    restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings,
+                                             train_data.shards)
     if restored is None and config.init_from:
       params = init_from_lib.load_params(config.init_from, model_config, shardings.params)
       state = state_lib.train_state_from_params(tx, params, shardings)
     elif restored is None:
       state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
     else:
-      state, _ = restored
+      state, data_state = restored
     start_step = int(jax.device_get(state.step))
+    if restored is not None:  # continue the input streams where the checkpoint left them
+      reason = pipeline_lib.why_not_resumable(train_data, data_state)
+      if reason is None:
+        train_data.set_state(data_state)
+      else:
+        logging.warning("The data position in the checkpoint at step %d does not apply (%s); "
+                        "the input streams restart with a new shuffle (seed %d + step)",
+                        start_step, reason, config.seed)
+        train_data.close()
+        train_data = pipeline_lib.train_batches(source.train, tokenizer, config, rows,
+                                                seed=config.seed + start_step)
 
     train_step = jax.jit(make_train_step(model, tx, stage.loss_fn, t),
                          in_shardings=(shardings, data_sharding),
@@ -160,8 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          donate_argnums=(0,))
     eval_step = jax.jit(make_eval_step(model, stage.loss_fn, tokenizer.token_bytes),
                         in_shardings=(shardings.params, data_sharding))
-    eval_data = [to_global(b) for b in batches_lib.eval_batches(
-        corpus.eval, t.batch_size, t.seq_len, t.eval_batches, rows)]
+    eval_data = [to_global(b) for b in pipeline_lib.eval_batches(source.eval, tokenizer,
+                                                                  config, rows)]
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
@@ -169,15 +179,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
                      f"mesh {dict(mesh.shape)}, workdir {workdir}"
                      + (f", from {config.init_from}" if config.init_from and not restored else ""))
-    if corpus.entropy_rate is not None:
+    logging.info("Data: %s", source.description)
+    if source.entropy_rate is not None:
       progress.message(f"The source's entropy rate, the lowest reachable loss: "
-                       f"{corpus.entropy_rate:.4f} nats/token")
+                       f"{source.entropy_rate:.4f} nats/token")
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
 
     for step in range(start_step, t.steps):
-      batch = to_global(batches_lib.train_batch(corpus.train, t.batch_size, t.seq_len,
-                                                config.seed, step, rows))
+      batch = to_global(next(train_data))
       state, step_metrics = train_step(state, batch)
       done = step + 1
 
@@ -211,12 +221,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
 
       if done % t.checkpoint_every == 0 or done == t.steps:
-        checkpoint_lib.save(manager, state, {"step": done, "seed": config.seed})
+        checkpoint_lib.save(manager, state, train_data.get_state())
 
     manager.wait_until_finished()
     manager.close()
+    train_data.close()
     progress.close()
     writer.close()
-  if corpus.entropy_rate is not None:
-    last_metrics["entropy_rate"] = corpus.entropy_rate
+  if source.entropy_rate is not None:
+    last_metrics["entropy_rate"] = source.entropy_rate
   return last_metrics

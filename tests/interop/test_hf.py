@@ -14,6 +14,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -279,11 +280,14 @@ def test_cli_convert_round_trip_and_fine_tune(tmp_path):
   assert saved["data"]["tokenizer"] == f"hf:{source}"
   assert saved["model"]["attention_bias"] and saved["model"]["tie_embeddings"]
 
-  from lm.data import batches, sources  # pylint: disable=import-outside-toplevel
+  from lm.data import pipeline, sources  # pylint: disable=import-outside-toplevel
   from lm.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  lm_tokenizer = tokenizer_lib.get(f"hf:{source}")
-  stream = sources.load_corpus(f"text:{corpus}", lm_tokenizer, cache)
-  batch = batches.train_batch(stream.train, 4, 32, seed=0, step=0)
+  run_config = ml_collections.ConfigDict(saved)
+  batches = pipeline.train_batches(sources.open_source(run_config.data).train,
+                                   tokenizer_lib.get(f"hf:{source}"), run_config, slice(0, 4))
+  batch = next(batches)
+  batches.close()
+  assert (batch["segment_ids"] == 1).all()  # one document fills every row: HF needs no mask
   with torch.no_grad():
     logits = model(torch.tensor(batch["inputs"], dtype=torch.long)).logits
     expected = torch.nn.functional.cross_entropy(

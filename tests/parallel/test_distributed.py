@@ -40,8 +40,9 @@ def losses(workdir) -> dict[int, float]:
 
 
 def mesh_overrides(mesh, cache):
+  # Two input streams everywhere: the batches of one and of two processes are the same.
   return {"mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
-          "data.cache_dir": cache}
+          "data.cache_dir": cache, "data.shards": 2}
 
 
 @pytest.fixture(scope="module")

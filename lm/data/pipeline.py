@@ -1,0 +1,173 @@
+"""The input pipeline, on grain: shuffle, tokenize, pack, batch, shard.
+
+The global batch is cut into `data.shards` input streams of equal numbers of rows (by default
+one per process). Every epoch is one global permutation of the documents (by `seed`, a new one
+each epoch); stream i reads documents i, i + S, i + 2S, ... of that order, tokenizes them as
+`<bos> text <eos>`, packs them back to back into rows of `seq_len` tokens (a document longer
+than a row continues in the next one; nothing is dropped or padded) and batches its rows. A
+process reads only the streams of its own rows, so per-process shards are disjoint and
+together make the global batch, and the batches depend on `data.shards`, never on how many
+processes read them: a run resumes exactly on another topology with the same `data.shards`.
+
+Rows carry `segment_ids` (1, 2, ... per document in the row) and `positions` (restarting at 0
+at every document start and at every row start), so attention and RoPE never cross documents.
+The state of every stream (a few integers per stream, as JSON) goes into each checkpoint.
+"""
+
+import dataclasses
+from typing import Any, Sequence
+
+from absl import flags
+import grain
+import grain.experimental as grain_experimental
+import ml_collections
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenize:
+  """text -> next-token pairs of one document. A top-level class: worker processes pickle it."""
+  tokenizer: Any
+
+  def __call__(self, text: str) -> dict[str, np.ndarray] | None:
+    tok = self.tokenizer
+    ids = tok.encode(text, add_bos=tok.bos_id is not None, add_eos=True).astype(np.int32)
+    if len(ids) < 2:
+      return None  # nothing to predict
+    return {"inputs": ids[:-1], "targets": ids[1:]}
+
+
+def finish_row(row: dict[str, np.ndarray]) -> Batch:
+  """A packed row as the model reads it: positions restart at each document and row start."""
+  segment_ids = row["inputs_segment_ids"]                                  # [T], 0 = padding
+  index = np.arange(len(segment_ids))
+  starts = np.concatenate([[True], segment_ids[1:] != segment_ids[:-1]])
+  positions = index - np.maximum.accumulate(np.where(starts, index, 0))
+  return {"inputs": row["inputs"], "targets": row["targets"],
+          "segment_ids": segment_ids.astype(np.int32), "positions": positions.astype(np.int32),
+          "loss_mask": (segment_ids > 0).astype(np.float32)}
+
+
+def example_batch(batch_size: int, seq_len: int) -> Batch:
+  """Zeros with the keys, shapes and dtypes of a training batch (for compiling ahead)."""
+  row = finish_row({"inputs": np.zeros(seq_len, np.int32), "targets": np.zeros(seq_len, np.int32),
+                    "inputs_segment_ids": np.ones(seq_len, np.int32)})
+  return {key: np.stack([value] * batch_size) for key, value in row.items()}
+
+
+def stream(documents: Sequence[str], tokenizer, *, shard: int, num_shards: int, rows: int,
+           seq_len: int, seed: int, shuffle: bool, data: ml_collections.ConfigDict
+           ) -> grain.IterDataset:
+  """Input stream `shard` of `num_shards`: batches of `rows` packed rows, forever."""
+  docs = grain.MapDataset.source(documents)
+  if shuffle:
+    docs = docs.shuffle(seed=seed)
+  docs = docs.repeat(None)[shard::num_shards]  # a new permutation each epoch when shuffled
+  examples = docs.map(Tokenize(tokenizer)).to_iter_dataset(
+      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
+  if data.num_workers:  # tokenize in worker processes; pack here, in order
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a notebook never parsed
+      flags.FLAGS.mark_as_parsed()
+    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  packed = grain_experimental.ConcatThenSplitIterDataset(
+      examples, length_struct={"inputs": seq_len, "targets": seq_len})
+  batches = packed.map(finish_row).batch(rows, drop_remainder=True)
+  if data.prefetch:
+    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
+                                                           prefetch_buffer_size=data.prefetch)
+  return batches
+
+
+def process_shards(rows: slice, batch_size: int, shards: int) -> tuple[range, int]:
+  """The streams that make up this process's `rows` of the global batch, and their count."""
+  local = rows.stop - rows.start
+  num_shards = shards or batch_size // local
+  per_shard = batch_size // num_shards
+  if rows.start % per_shard or local % per_shard:
+    raise ValueError(f"data.shards={shards} cuts the global batch of {batch_size} rows into "
+                     f"streams of {per_shard}, which do not align with this process's rows "
+                     f"[{rows.start}:{rows.stop}]; use a multiple of the number of processes")
+  return range(rows.start // per_shard, rows.stop // per_shard), num_shards
+
+
+class Batches:
+  """This process's rows of each global batch, from its streams; resumable.
+
+  `get_state()` / `set_state()` hold one grain iterator state per stream, keyed by stream
+  index, plus a fingerprint of what makes the order (source, tokenizer, shapes, seed, workers):
+  a state saved under another fingerprint does not apply."""
+
+  def __init__(self, datasets: dict[int, grain.IterDataset], fingerprint: dict):
+    self.fingerprint = fingerprint
+    self._iterators = {shard: iter(ds) for shard, ds in datasets.items()}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    parts = [next(it) for it in self._iterators.values()]
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+  @property
+  def shards(self) -> list[int]:
+    return list(self._iterators)
+
+  def get_state(self) -> dict:
+    return {"fingerprint": self.fingerprint,
+            "streams": {str(s): it.get_state() for s, it in self._iterators.items()}}
+
+  def set_state(self, state: dict) -> None:
+    for shard, it in self._iterators.items():
+      it.set_state(state["streams"][str(shard)])
+
+  def close(self) -> None:
+    """Stops the prefetch threads and worker processes."""
+    for it in self._iterators.values():
+      it.close()
+
+
+def fingerprint(config: ml_collections.ConfigDict, tokenizer, num_shards: int) -> dict:
+  d, t = config.data, config.train
+  return {"source": d.source, "tokenizer": tokenizer.name, "seq_len": t.seq_len,
+          "batch_size": t.batch_size, "shards": num_shards, "seed": config.seed,
+          "num_workers": d.num_workers}
+
+
+def train_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
+                  rows: slice, seed: int | None = None) -> Batches:
+  """The training batches of this process (its `rows` of every global batch), shuffled by
+  `seed` (default: config.seed)."""
+  t = config.train
+  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  per_shard = t.batch_size // num_shards
+  seed = config.seed if seed is None else seed
+  datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards, rows=per_shard,
+                        seq_len=t.seq_len, seed=seed, shuffle=True, data=config.data)
+              for s in shards}
+  return Batches(datasets, {**fingerprint(config, tokenizer, num_shards), "seed": seed})
+
+
+def why_not_resumable(batches: Batches, saved: dict | None) -> str | None:
+  """Why a saved data position cannot continue `batches`; None when it can."""
+  if saved is None:
+    return "it holds no position for this run's input streams"
+  changed = [f"{key} {saved['fingerprint'].get(key)!r} -> {value!r}"
+             for key, value in batches.fingerprint.items()
+             if saved["fingerprint"].get(key) != value]
+  return "changed: " + ", ".join(changed) if changed else None
+
+
+def eval_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
+                 rows: slice) -> list[Batch]:
+  """`train.eval_batches` batches of held-out documents in their stored order (cycled when the
+  split is smaller): the same at every evaluation, cut into streams like training batches."""
+  t = config.train
+  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  data = ml_collections.ConfigDict({**config.data.to_dict(), "num_workers": 0, "prefetch": 0})
+  datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
+                        rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=0,
+                        shuffle=False, data=data) for s in shards}
+  batches = Batches(datasets, {})
+  return [next(batches) for _ in range(t.eval_batches)]

@@ -1,0 +1,151 @@
+"""The grain pipeline: deterministic, lossless packing, disjoint per-process streams, exact
+resume from a saved state in a new process."""
+
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lm import config as config_lib
+from lm.data import pipeline
+from lm.data import tokenizer as tokenizer_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOKENIZER = tokenizer_lib.get("byte")
+
+
+def documents(n: int = 60, seed: int = 0) -> list[str]:
+  """Tagged documents of varied length, a few longer than three rows."""
+  rng = np.random.default_rng(seed)
+  return [f"<{i:03d}>" + "".join(rng.choice(list("abcdefgh "), size=int(rng.integers(1, 150))))
+          + ("x" * 120 if i % 17 == 0 else "") for i in range(n)]
+
+
+def make_config(**overrides):
+  config = config_lib.base_config()
+  config.train.batch_size, config.train.seq_len = 8, 32
+  config.train.eval_batches = 2
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def make_batches(rows=(0, 8), docs=None, seed=None, **overrides) -> pipeline.Batches:
+  return pipeline.train_batches(documents() if docs is None else docs, TOKENIZER,
+                                make_config(**overrides), slice(*rows), seed=seed)
+
+
+def digest(batch: dict) -> str:
+  return hashlib.sha256(b"".join(batch[k].tobytes() for k in sorted(batch))).hexdigest()[:16]
+
+
+def take(batches: pipeline.Batches, n: int) -> list[dict]:
+  out = [next(batches) for _ in range(n)]
+  batches.close()
+  return out
+
+
+def test_same_seed_same_batches_and_another_seed_other_batches():
+  first = [digest(b) for b in take(make_batches(), 5)]
+  assert [digest(b) for b in take(make_batches(), 5)] == first
+  assert [digest(b) for b in take(make_batches(seed=1), 5)] != first
+  batch = take(make_batches(), 1)[0]
+  assert set(batch) == {"inputs", "targets", "segment_ids", "positions", "loss_mask"}
+  assert all(v.shape == (8, 32) for v in batch.values())
+
+
+def test_packing_neither_loses_nor_duplicates_a_token():
+  """One epoch of rows holds exactly the (input, target) pairs of the tokenized documents."""
+  docs = documents()
+  pairs = sum(len(d.encode()) + 1 for d in docs)  # <bos> text <eos>: len + 1 pairs
+  docs[-1] += "y" * (-pairs % 256)                 # one epoch = exactly k batches of 8 x 32
+  corpus = collections.Counter()
+  for doc in docs:
+    ids = TOKENIZER.encode(doc, add_bos=True, add_eos=True)
+    corpus.update(zip(ids[:-1].tolist(), ids[1:].tolist()))
+  total = sum(corpus.values())
+  assert total % 256 == 0 and any(len(d) > 3 * 32 for d in docs)
+  batches = take(make_batches(docs=docs), total // 256)
+  packed = collections.Counter()
+  for batch in batches:
+    assert batch["loss_mask"].all()  # no padding in an endless stream
+    packed.update(zip(batch["inputs"].ravel().tolist(), batch["targets"].ravel().tolist()))
+  assert packed == corpus
+
+
+def test_rows_restart_positions_at_every_document_and_row():
+  for batch in take(make_batches(), 4):
+    for inputs, targets, segments, positions in zip(
+        batch["inputs"], batch["targets"], batch["segment_ids"], batch["positions"]):
+      assert segments[0] == 1 and np.all(np.diff(segments) >= 0)
+      starts = np.flatnonzero(np.diff(segments)) + 1
+      assert positions[0] == 0 and np.all(positions[starts] == 0)
+      assert np.all(inputs[starts] == TOKENIZER.bos_id)         # a new document begins
+      same = np.diff(segments) == 0
+      assert np.all(np.diff(positions)[same] == 1)
+      assert np.all(inputs[1:][same] == targets[:-1][same])      # next-token pairs line up
+
+
+def test_process_streams_are_disjoint_and_make_the_global_batch():
+  whole = take(make_batches(**{"data.shards": 2}), 6)
+  halves = [take(make_batches(rows=r, **{"data.shards": 2}), 6) for r in ((0, 4), (4, 8))]
+  for step, batch in enumerate(whole):
+    for key, value in batch.items():
+      np.testing.assert_array_equal(
+          value, np.concatenate([halves[0][step][key], halves[1][step][key]]))
+  # Within an epoch, each document is read by one stream only.
+  tags = []
+  for half in halves:
+    text = TOKENIZER.decode(np.concatenate([b["inputs"].ravel() for b in half]))
+    tags.append({text[i:i + 5] for i in range(len(text)) if text[i] == "<"})
+  assert tags[0] and tags[1] and not tags[0] & tags[1]
+
+
+def test_streams_that_cut_across_a_process_are_an_error():
+  with pytest.raises(ValueError, match=r"data.shards=2 cuts .* rows \[2:6\]"):
+    make_batches(rows=(2, 6), **{"data.shards": 2})
+
+
+@pytest.mark.parametrize("overrides", [
+    {"data.num_threads": 2, "data.prefetch": 3},
+    {"data.num_workers": 2, "data.prefetch": 0},
+], ids=["threads", "worker_processes"])
+def test_resume_from_saved_state_in_a_new_process(tmp_path, overrides):
+  batches = make_batches(**overrides)
+  for _ in range(5):
+    next(batches)
+  state_path = tmp_path / "state.json"
+  state_path.write_text(json.dumps(batches.get_state()))
+  expected = [digest(b) for b in take(batches, 4)]
+  uninterrupted = [digest(b) for b in take(make_batches(**overrides), 9)][5:]
+  assert expected == uninterrupted
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "tests", "data", "pipeline_worker.py"),
+       str(state_path), "4", json.dumps(overrides)],
+      env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, capture_output=True, text=True,
+      timeout=300, check=True).stdout
+  assert out.split() == expected
+
+
+def test_a_state_saved_for_other_streams_does_not_apply():
+  state = make_batches().get_state()
+  assert pipeline.why_not_resumable(make_batches(), state) is None
+  reason = pipeline.why_not_resumable(make_batches(**{"train.seq_len": 16}), state)
+  assert "seq_len 32 -> 16" in reason
+  assert "no position" in pipeline.why_not_resumable(make_batches(), None)
+
+
+def test_eval_batches_are_fixed_and_come_from_the_held_out_documents():
+  held_out = [f"[held out {i}] " * 5 for i in range(3)]  # fewer than the batches need: cycled
+  config = make_config()
+  first = pipeline.eval_batches(held_out, TOKENIZER, config, slice(0, 8))
+  again = pipeline.eval_batches(held_out, TOKENIZER, config, slice(0, 8))
+  assert len(first) == 2 and [digest(b) for b in first] == [digest(b) for b in again]
+  text = TOKENIZER.decode(np.concatenate([b["inputs"].ravel() for b in first]))
+  assert "held out" in text and "<0" not in text
