@@ -15,6 +15,7 @@ setup(
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
         "tensorflow-datasets==4.9.10",
+        "importlib_resources==7.1.0",  # TFDS needs it to download a catalog dataset
         "grain==0.2.18",
         "array-record==0.8.6",
         "ml-collections==1.1.0",
@@ -32,6 +33,8 @@ setup(
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
+        # Preparing TFDS catalog datasets whose builders use TensorFlow (reading never does).
+        "tf": ["tensorflow-cpu==2.21.0"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
                  "safetensors==0.8.0"],
     },
