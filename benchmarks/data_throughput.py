@@ -35,8 +35,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
                                           "The training config whose shapes are measured.")
 _SECONDS = flags.DEFINE_float("seconds", 5.0, "Time each measurement for about this long.")
 # (label, data.num_threads, data.num_workers, data.prefetch)
-SETTINGS = [("in-process, no prefetch", 0, 0, 0), ("1 thread + prefetch (default)", 1, 0, 4),
-            ("2 threads + prefetch", 2, 0, 4), ("2 worker processes + prefetch", 0, 2, 4)]
+SETTINGS = [("in-process, no prefetch", 0, 0, 0), ("prefetch thread (default)", 0, 0, 4),
+            ("2 reader threads + prefetch", 2, 0, 4), ("2 worker processes + prefetch", 0, 2, 4)]
 
 
 def pipeline_tokens_per_sec(config: ml_collections.ConfigDict, source, tokenizer) -> float:

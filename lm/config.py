@@ -40,7 +40,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.eval_every_nth = 20         # local sources: 1 in 20 documents is held out
   config.data.shards = 0                  # input streams the global batch is cut into;
                                           # 0: one per process (see lm/data/pipeline.py)
-  config.data.num_threads = 1             # tokenizing threads per stream
+  config.data.num_threads = 0             # reader threads per stream (0: the prefetch thread
+                                          # reads; more help tokenizers that release the GIL)
   config.data.num_workers = 0             # tokenizing processes per stream (0: in-process)
   config.data.prefetch = 4                # batches prepared ahead in a background thread
 
