@@ -9,6 +9,8 @@
             step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
+  lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
+            trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
 
 Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -53,6 +55,13 @@ flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: t
                      "or the local device count.")
 flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's memory "
                   "analysis when the target is the local devices.")
+flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
+                    "(local or gs://).")
+flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
+                     "byte pieces included (--config.model.vocab_size must be at least this).")
+flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "tokenizer: SentencePiece algorithm.")
+flags.DEFINE_integer("max_chars", 10_000_000, "tokenizer: characters of training documents to "
+                     "train on, sampled at random.", lower_bound=1)
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -148,8 +157,34 @@ def plan(argv) -> None:
   print(plan_lib.format_plan(result))
 
 
+def tokenizer(argv) -> None:
+  """Trains a SentencePiece tokenizer on --config's training documents, writes it to --output
+  and prints its compression on held-out documents."""
+  del argv
+  _require("config", "output", "vocab_size")
+  # pylint: disable=import-outside-toplevel
+  from lm.data import sources
+  from lm.data import tokenizer as tokenizer_lib
+  source = sources.open_source(FLAGS.config.data)
+  try:
+    tok = tokenizer_lib.train_sentencepiece(tokenizer_lib.sample_documents(source.train),
+                                            FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
+                                            FLAGS.max_chars)
+  except ValueError as e:  # the message names the flag (vocab_size=...)
+    sys.stderr.write(f"{e}\n")
+    sys.exit(2)
+  print(f"Wrote {tok.path}: {FLAGS.model_type}, vocab size {tok.vocab_size}.")
+  heldout = list(tokenizer_lib.sample_documents(source.eval, max_chars=1_000_000))
+  if heldout:
+    num_bytes = sum(len(d.encode()) for d in heldout)
+    print(f"Compression: {tokenizer_lib.bytes_per_token(tok, heldout):.2f} bytes per token on "
+          f"{len(heldout)} held-out documents ({num_bytes:,} bytes; the byte tokenizer: 1).")
+  print(f"Train with it: --config.data.tokenizer=spm:{tok.path} "
+        f"--config.model.vocab_size={tok.vocab_size}")
+
+
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "plan": plan}
+            "plan": plan, "tokenizer": tokenizer}
 
 
 def main() -> None:
