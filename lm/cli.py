@@ -16,6 +16,7 @@ Many hosts: run the same `lm train` on every host, with --distributed on Cloud T
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 
+import os
 import re
 import sys
 
@@ -194,6 +195,11 @@ def main() -> None:
                      "       lm <command> --help for the flags of one command\n")
     sys.exit(2)
   command = sys.argv[1]
+  for arg in sys.argv[2:]:  # a missing file is an operator error, not a traceback
+    if arg.startswith("--config=") and not os.path.isfile(arg[len("--config="):].split(":")[0]):
+      sys.stderr.write(f"{arg}: no such config file (relative paths start at "
+                       f"{os.getcwd()}); the configs of this repository are in configs/\n")
+      sys.exit(2)
   logging.set_verbosity(logging.WARNING)
   try:
     app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])

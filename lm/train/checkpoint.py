@@ -5,10 +5,15 @@ model is parameters alone, in `workdir/params`.
 
 import dataclasses
 import json
-from typing import Any
+import logging as py_logging
+import re
+import time
+from typing import Any, Callable
 
+from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -34,7 +39,7 @@ class DataStateHandler(ocp.CheckpointHandler):
       payload = json.dumps({"fingerprint": args.state["fingerprint"], "state": state})
       tmp = directory / f".stream_{stream}.json.{jax.process_index()}"
       tmp.write_text(payload)
-      tmp.rename(directory / f"stream_{stream}.json")
+      tmp.replace(directory / f"stream_{stream}.json")
 
   def restore(self, directory: epath.Path, args: "DataStateRestore") -> dict | None:
     """{"fingerprint", "streams"} for the streams asked for; None when one is missing."""
@@ -70,34 +75,92 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  # Orbax writes each checkpoint into a temporary directory and renames it when complete, and
+  # deletes the oldest of `keep` only after that: a kill mid-save leaves the previous ones.
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
-                                         create=True)
+                                         create=True, cleanup_tmp_directories=True)
   path = epath.Path(workdir)
   if "://" not in workdir:  # a local path: absolute, so a later chdir cannot move it
     path = path.absolute()
   return ocp.CheckpointManager(path / "checkpoints", options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, data_state: dict, force: bool = False) -> bool:
+def save(manager: ocp.CheckpointManager, state, data_state: dict, config: dict,
+         force: bool = False) -> bool:
   """Starts an async save of `state` at its step, beside `data_state` (the input streams'
-  positions, taken now); returns at once while the arrays are written."""
+  positions, taken now) and the run's config; returns at once while the arrays are written."""
   step = int(jax.device_get(state.step))
   return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    data=DataStateSave(data_state)),
+                                                    data=DataStateSave(data_state),
+                                                    config=ocp.args.JsonSave(config)),
                       force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings,
-                   streams: list[int]):
-  """(state, data_state) of the newest checkpoint, or None when there is none. data_state is
-  None when the checkpoint lacks one of `streams` (it was saved with other data.shards)."""
-  step = manager.latest_step()
-  if step is None:
+def saved_config(manager: ocp.CheckpointManager, step: int) -> dict | None:
+  """The config a checkpoint was written with (None for a checkpoint without one)."""
+  if not (manager.directory / str(step) / "config").exists():
     return None
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def _shapes(tree) -> dict[tuple, tuple]:
+  """{path as names and indices: shape}, comparable between a state and Orbax's metadata."""
+  return {tuple(re.findall(r"\w+", jax.tree_util.keystr(path))): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _stored_shapes(manager: ocp.CheckpointManager, step: int) -> dict[tuple, tuple]:
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(py_logging.ERROR)  # Orbax warns that the item has no step metadata
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return _shapes(checkpointer.metadata(epath.Path(manager.directory) / str(step) / "state")
+                     .item_metadata)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings,
+                   streams: list[int], check: Callable[[dict | None, int, bool], None]):
+  """(state, data_state) of the newest readable checkpoint, or None when there is none.
+
+  `check(saved_config, step, fits)` runs first (`fits`: the stored arrays have this run's
+  shapes) and raises when the checkpoint cannot continue this run: that is the operator's to
+  resolve, not a broken file. A checkpoint
+  that cannot be read (truncated, corrupt) is moved to `unreadable_checkpoints/` beside
+  `checkpoints/`, with a warning naming it, and the one before it is tried; nothing is
+  deleted. data_state is None when the checkpoint lacks one of `streams`."""
   target = rules_lib.with_shardings(abstract_state, shardings)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                           data=DataStateRestore(streams)))
-  return restored["state"], restored["data"]
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      config, stored = saved_config(manager, step), _stored_shapes(manager, step)
+    except Exception as e:  # pylint: disable=broad-except
+      _set_aside(manager, step, e)
+      continue
+    check(config, step, stored == _shapes(abstract_state))
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), data=DataStateRestore(streams)))
+    except Exception as e:  # pylint: disable=broad-except
+      _set_aside(manager, step, e)
+      continue
+    return restored["state"], restored["data"]
+  return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+  directory = epath.Path(manager.directory)
+  aside = directory.parent / "unreadable_checkpoints" / f"{step}-{int(time.time())}"
+  logging.warning("The checkpoint %s cannot be read (%s: %s); it is moved to %s and the "
+                  "previous checkpoint is tried", directory / str(step), type(error).__name__,
+                  str(error)[:300], aside)
+  multihost_utils.sync_global_devices(f"lm_unreadable_checkpoint_{step}")
+  if jax.process_index() == 0:
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    (directory / str(step)).rename(aside)
+  multihost_utils.sync_global_devices(f"lm_unreadable_checkpoint_{step}_moved")
+  manager.reload()
 
 
 def _root(workdir: str) -> epath.Path:

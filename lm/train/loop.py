@@ -6,6 +6,7 @@ donated step and three periodic jobs: log, evaluate, checkpoint. The loss comes 
 stage (`config.stage`), so later stages reuse this loop with their own loss and batches.
 """
 
+import json
 import math
 import time
 from typing import Any, Callable
@@ -31,7 +32,9 @@ from lm.stages import pretrain
 from lm.train import checkpoint as checkpoint_lib
 from lm.train import metrics as metrics_lib
 from lm.train import optim
+from lm.train import preemption
 from lm.train import state as state_lib
+from lm.train import workdir as workdir_lib
 
 STAGES = {"pretrain": pretrain}
 
@@ -121,12 +124,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = Decoder(model_config)
   rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
   source = sources.open_source(config.data)
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://
-  if is_main:
-    save_config(config, workdir)
-
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
+  if is_main:
+    save_config(config, workdir)
+  config_json = json.loads(config.to_json_best_effort())  # saved in every checkpoint
   num_params = state_lib.count_params(abstract_state.params)
   flops_per_step = state_lib.flops_per_token(model_config, t.seq_len) * t.batch_size * t.seq_len
   peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
@@ -143,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # State: resume from the newest checkpoint, or initialise directly in sharded form.
     manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
     restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings,
-                                             train_data.shards)
+                                             train_data.shards,
+                                             workdir_lib.resume_check(config, workdir))
     if restored is None and config.init_from:
       params = init_from_lib.load_params(config.init_from, model_config, shardings.params)
       state = state_lib.train_state_from_params(tx, params, shardings)
@@ -173,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_data = [to_global(b) for b in pipeline_lib.eval_batches(source.eval, tokenizer,
                                                                   config, rows)]
 
-    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, start_step=start_step)
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
     progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
                      f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
@@ -186,42 +190,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
 
-    for step in range(start_step, t.steps):
-      batch = to_global(next(train_data))
-      state, step_metrics = train_step(state, batch)
-      done = step + 1
+    stop_request = preemption.StopRequest()
+    with stop_request:
+      for step in range(start_step, t.steps):
+        batch = to_global(next(train_data))
+        state, step_metrics = train_step(state, batch)
+        done = step + 1
+        stop = stop_request.should_stop(done)  # SIGTERM / SIGINT: save this step and return
 
-      if step == start_step:  # the first step compiles: keep it out of later tokens/s
-        jax.block_until_ready(step_metrics)
-        first_step_seconds = time.perf_counter() - timer_start
-        logging.info("First step (compile included) took %.1fs", first_step_seconds)
-        timer_step, timer_start = done, time.perf_counter()
+        if step == start_step:  # the first step compiles: keep it out of later tokens/s
+          jax.block_until_ready(step_metrics)
+          first_step_seconds = time.perf_counter() - timer_start
+          logging.info("First step (compile included) took %.1fs", first_step_seconds)
+          timer_step, timer_start = done, time.perf_counter()
 
-      if done % t.log_every == 0 or done == t.steps:
-        host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if done > timer_step:
-          seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
-        else:  # only the compiling step so far
-          seconds_per_step = first_step_seconds
-        host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
-        host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
-        writer.write(done, host_metrics)
-        progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
-                        host_metrics["mfu"], seconds_per_step)
-        last_metrics = {"step": done, **host_metrics}
-        timer_step, timer_start = done, time.perf_counter()
+        if done % t.log_every == 0 or done == t.steps or stop:
+          host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+          if done > timer_step:
+            seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
+          else:  # only the compiling step so far
+            seconds_per_step = first_step_seconds
+          host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
+          host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
+          writer.write(done, host_metrics)
+          progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
+                          host_metrics["mfu"], seconds_per_step)
+          last_metrics = {"step": done, **host_metrics}
+          timer_step, timer_start = done, time.perf_counter()
 
-      if done % t.eval_every == 0 or done == t.steps:
-        eval_metrics = evaluate(eval_step, state.params, eval_data)
-        writer.write(done, eval_metrics)
-        progress.message(f"eval at step {done}: loss {eval_metrics['eval_loss']:.4f} | "
-                         f"ppl {eval_metrics['eval_perplexity']:.2f} | "
-                         f"bits/byte {eval_metrics['eval_bits_per_byte']:.4f}")
-        last_metrics.update(eval_metrics)
-        timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
+        if done % t.eval_every == 0 or done == t.steps:
+          eval_metrics = evaluate(eval_step, state.params, eval_data)
+          writer.write(done, eval_metrics)
+          progress.message(f"eval at step {done}: loss {eval_metrics['eval_loss']:.4f} | "
+                           f"ppl {eval_metrics['eval_perplexity']:.2f} | "
+                           f"bits/byte {eval_metrics['eval_bits_per_byte']:.4f}")
+          last_metrics.update(eval_metrics)
+          timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
 
-      if done % t.checkpoint_every == 0 or done == t.steps:
-        checkpoint_lib.save(manager, state, train_data.get_state())
+        if done % t.checkpoint_every == 0 or done == t.steps or stop:
+          # Async: training waits only for the device-to-host copy, measured here.
+          save_start = time.perf_counter()
+          checkpoint_lib.save(manager, state, train_data.get_state(), config_json, force=stop)
+          writer.write(done, {"checkpoint_blocking_seconds": time.perf_counter() - save_start})
+
+        if stop:
+          progress.message(f"Stopped at step {done} as asked: checkpoint saved in {workdir}; "
+                           "run the same command to resume")
+          last_metrics["stopped_early"] = True
+          break
 
     manager.wait_until_finished()
     manager.close()

@@ -23,6 +23,20 @@ def peak_flops_per_device(override: float = 0.0) -> float:
     return float("nan")
 
 
+def _records_up_to(path: epath.Path, step: int) -> list[str]:
+  if not path.exists():
+    return []
+  kept = []
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # cut short by a kill
+      continue
+    if line.endswith("\n") and record.get("step", 0) <= step:
+      kept.append(line)
+  return kept
+
+
 class MetricsWriter:
   """metrics.jsonl (one object per logged step) and TensorBoard scalars in `workdir`.
 
@@ -31,15 +45,21 @@ class MetricsWriter:
   only local files without TensorFlow).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
+    """`start_step`: the step training resumes from. Records after it (written by a run that
+    was killed before its next checkpoint) and a line cut short by the kill are dropped, so
+    that metrics.jsonl holds every step once, as an uninterrupted run writes it."""
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
     self.path = epath.Path(workdir) / "metrics.jsonl"
     self.remote = "://" in workdir
-    self.lines = self.path.read_text().splitlines(keepends=True) if (
-        self.remote and self.path.exists()) else []
+    self.lines = _records_up_to(self.path, start_step)
+    if not self.remote:
+      tmp = self.path.parent / (self.path.name + ".tmp")
+      tmp.write_text("".join(self.lines))
+      tmp.replace(self.path)
     logdir = workdir
     if self.remote:
       logdir = os.path.join(os.path.expanduser("~/lm_logs/tensorboard"),

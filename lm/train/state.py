@@ -70,6 +70,11 @@ def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+def count_bytes(tree: Any) -> int:
+  """Bytes of every array in `tree` (abstract or real): what a checkpoint of it holds."""
+  return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
   """Training FLOPs per token: 6 per matmul weight, plus attention scores (PaLM, App. B)."""
   d, v, h = config.d_model, config.vocab_size, config.resolved_head_dim

@@ -1,0 +1,70 @@
+"""Operator errors caught before anything compiles: a workdir that cannot be written or has no
+room for a checkpoint, and a config that no longer fits the checkpoints in the workdir."""
+
+import json
+import os
+import shutil
+from typing import Callable
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+
+
+
+def prepare(workdir: str, checkpoint_bytes: int) -> None:
+  """Creates `workdir` and checks that a file can be written there and that the disk holds one
+  more checkpoint of `checkpoint_bytes`."""
+  path = epath.Path(workdir)
+  probe = path / f".lm_write_probe.{jax.process_index()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise OSError(f"--workdir={workdir} cannot be written ({type(e).__name__}: {e}); pass a "
+                  "directory this user can create and write to") from e
+  if "://" in workdir:  # object stores have no free-space figure
+    return
+  free = shutil.disk_usage(os.path.abspath(workdir)).free
+  if free < checkpoint_bytes:
+    raise OSError(f"--workdir={workdir} has {free / 1e9:.1f} GB free, but one checkpoint of "
+                  f"this run (parameters and optimizer state) takes {checkpoint_bytes / 1e9:.1f} "
+                  "GB: free space, or pass a --workdir on a larger disk")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def resume_check(config: ml_collections.ConfigDict, workdir: str
+                 ) -> Callable[[dict | None, int, bool], None]:
+  """check(saved_config, step, fits): raises when the checkpoint at `step` cannot continue
+  `config` (`fits` is False: its arrays have other shapes or structure, e.g. another model or
+  optimizer); logs every other changed field (a new learning rate or step count is allowed)."""
+  current = _flatten(json.loads(config.to_json_best_effort()))
+
+  def check(saved: dict | None, step: int, fits: bool) -> None:
+    before = _flatten(saved or {})
+    changed = {key: f"{key}: {before.get(key)!r} -> {current.get(key)!r}"
+               for key in sorted(before.keys() | current.keys())
+               if saved is not None and before.get(key) != current.get(key)}
+    if not fits:
+      shape_fields = [d for k, d in changed.items()
+                      if k.startswith("model.") or k == "train.optimizer"]
+      raise ValueError(
+          f"The checkpoint at step {step} in {workdir} does not fit this config: its parameter "
+          f"or optimizer arrays have other shapes ({'; '.join(shape_fields) or 'see config.json'}"
+          "). Resume with the checkpoint's settings, or train the new shape in a new --workdir")
+    if changed:
+      logging.warning("Config changed since the checkpoint at step %d (allowed, resuming): %s",
+                      step, "; ".join(changed.values()))
+
+  return check
