@@ -7,9 +7,11 @@ JAX starts; the single-device reference runs in the test process itself.
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -115,3 +117,29 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path, data_cache
   assert sorted(resumed) == [1, 2, 3, 4, 5, 6, 7]
   for step in (6, 7):
     assert resumed[step] == pytest.approx(one_process[step], rel=1e-5), step
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path, data_cache):
+  """JAX's preemption service hears SIGTERM on process 0; both processes save one step."""
+  workdir = str(tmp_path)
+  address = f"127.0.0.1:{free_port()}"
+  overrides = {**mesh_overrides((2, 1, 1), data_cache), "train.steps": 100000,
+               "train.checkpoint_every": 1000}
+  workers = [start_worker({"distributed": [address, 2, i],
+                           "runs": [{"workdir": workdir, "overrides": overrides}]}, devices=1)
+             for i in range(2)]
+  deadline = time.time() + 300
+  def logged_steps() -> int:
+    try:
+      return len(losses(workdir))
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-line
+      return 0
+
+  while logged_steps() < 3:
+    assert time.time() < deadline and all(w.poll() is None for w in workers)
+    time.sleep(0.1)
+  workers[0].send_signal(signal.SIGTERM)
+  outputs = [finish(w) for w in workers]  # both exit 0
+  stopped = max(losses(workdir))
+  assert f"Stopped at step {stopped} as asked" in outputs[0]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(stopped)]
