@@ -61,7 +61,7 @@ def test_same_seed_same_batches_and_another_seed_other_batches():
 
 
 def test_packing_neither_loses_nor_duplicates_a_token():
-  """One epoch of rows holds exactly the (input, target) pairs of the tokenized documents."""
+  """Each epoch of rows holds exactly the (input, target) pairs of the tokenized documents."""
   docs = documents()
   pairs = sum(len(d.encode()) + 1 for d in docs)  # <bos> text <eos>: len + 1 pairs
   docs[-1] += "y" * (-pairs % 256)                 # one epoch = exactly k batches of 8 x 32
@@ -71,12 +71,17 @@ def test_packing_neither_loses_nor_duplicates_a_token():
     corpus.update(zip(ids[:-1].tolist(), ids[1:].tolist()))
   total = sum(corpus.values())
   assert total % 256 == 0 and any(len(d) > 3 * 32 for d in docs)
-  batches = take(make_batches(docs=docs), total // 256)
-  packed = collections.Counter()
-  for batch in batches:
-    assert batch["loss_mask"].all()  # no padding in an endless stream
-    packed.update(zip(batch["inputs"].ravel().tolist(), batch["targets"].ravel().tolist()))
-  assert packed == corpus
+  per_epoch = total // 256
+  batches = take(make_batches(docs=docs), 2 * per_epoch)
+  epochs = []
+  for epoch in (batches[:per_epoch], batches[per_epoch:]):
+    packed = collections.Counter()
+    for batch in epoch:
+      assert batch["loss_mask"].all()  # no padding in an endless stream
+      packed.update(zip(batch["inputs"].ravel().tolist(), batch["targets"].ravel().tolist()))
+    assert packed == corpus
+    epochs.append(np.concatenate([b["inputs"].ravel() for b in epoch]))
+  assert not np.array_equal(*epochs)  # the second epoch is another permutation
 
 
 def test_rows_restart_positions_at_every_document_and_row():
