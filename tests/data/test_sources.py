@@ -169,3 +169,25 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"not prepared in .*tfds build lm_test_catalog "
                      r"--file_format=array_record"):
     sources.open_source(data_config(tmp_path, "tfds:lm_test_catalog", tfds_download=False))
+
+
+class LmTestTrainOnly(tfds.core.GeneratorBasedBuilder):
+  """A catalog dataset with a train split alone."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+        {"text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(40):
+      yield i, {"text": f"doc {i}"}
+
+
+def test_a_tfds_dataset_without_a_validation_split_holds_out_the_end_of_train(tmp_path):
+  source = sources.open_source(data_config(tmp_path, "tfds:lm_test_train_only"))
+  assert len(source.train) == 38 and len(source.eval) == 2  # 1 in data.eval_every_nth = 20
+  assert sorted(list(source.train) + list(source.eval)) == sorted(f"doc {i}" for i in range(40))
