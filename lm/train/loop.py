@@ -127,8 +127,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
   workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
-  if is_main:
-    save_config(config, workdir)
   config_json = json.loads(config.to_json_best_effort())  # saved in every checkpoint
   num_params = state_lib.count_params(abstract_state.params)
   flops_per_step = state_lib.flops_per_token(model_config, t.seq_len) * t.batch_size * t.seq_len
@@ -156,6 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
       state, data_state = restored
     start_step = int(jax.device_get(state.step))
+    if is_main:  # only now: a config the checkpoints refused must not replace theirs
+      save_config(config, workdir)
     if restored is not None:  # continue the input streams where the checkpoint left them
       reason = pipeline_lib.why_not_resumable(train_data, data_state)
       if reason is None:
@@ -190,8 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
 
-    stop_request = preemption.StopRequest()
-    with stop_request:
+    with preemption.StopRequest() as stop_request:
       for step in range(start_step, t.steps):
         batch = to_global(next(train_data))
         state, step_metrics = train_step(state, batch)

@@ -160,6 +160,8 @@ def test_a_changed_model_is_refused_and_a_changed_lr_is_logged(make_config, tmp_
   with pytest.raises(ValueError, match=r"step 2 .* does not fit .*model.d_model: None -> 96"):
     train_and_evaluate(make_config(train__steps=3, model__d_model=96), workdir)
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]  # nothing lost
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["model"]["d_model"] is None  # still the checkpoint's config
 
   train_and_evaluate(make_config(train__steps=3, train__lr=1e-3), workdir)
   assert any("train.lr: 0.003 -> 0.001" in r.getMessage() for r in caplog.records)
