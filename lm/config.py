@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 0.1
   config.train.grad_clip = 1.0            # global-norm clipping; 0 disables
   config.train.z_loss = 0.0               # weight of log(Z)^2 (PaLM uses 1e-4)
+  # A non-finite loss or gradient norm never updates the state (lm/train/guard.py); then:
+  config.train.on_nonfinite = "skip"      # skip: go on with the next batch | stop: raise
+  config.train.spike_sigma = 0.0          # skip an update whose loss > mean + sigma * std; 0: off
+  config.train.spike_window = 100         # horizon of that mean and std, in applied updates;
+                                          # the spike guard starts after this many
   config.train.log_every = 50
   config.train.eval_every = 500
   config.train.eval_batches = 8
@@ -125,5 +130,11 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
     errors.append(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
   if t.lr <= 0:
     errors.append(f"train.lr={t.lr} must be positive")
+  if t.on_nonfinite not in ("skip", "stop"):
+    errors.append(f"train.on_nonfinite={t.on_nonfinite!r} is not one of ['skip', 'stop']")
+  if t.spike_sigma < 0:
+    errors.append(f"train.spike_sigma={t.spike_sigma} must be >= 0 (0 turns the guard off)")
+  if t.spike_window <= 0:
+    errors.append(f"train.spike_window={t.spike_window} must be positive")
   if errors:
     raise ValueError("Invalid config: " + "; ".join(errors))

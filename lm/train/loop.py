@@ -4,6 +4,9 @@ Set-up (tokenizer, model, mesh, validation, data), then state (restored from the
 checkpoint in `workdir`, else initialised sharded), then one `for step` loop with a jitted,
 donated step and three periodic jobs: log, evaluate, checkpoint. The loss comes from the
 stage (`config.stage`), so later stages reuse this loop with their own loss and batches.
+A step with a non-finite loss or gradient, or a loss spike, applies no update; with
+`train.on_nonfinite="stop"` the loop raises at its next log, eval or checkpoint step, before
+saving (lm/train/guard.py).
 """
 
 import json
@@ -30,6 +33,7 @@ from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.stages import pretrain
 from lm.train import checkpoint as checkpoint_lib
+from lm.train import guard as guard_lib
 from lm.train import metrics as metrics_lib
 from lm.train import optim
 from lm.train import preemption
@@ -41,9 +45,12 @@ STAGES = {"pretrain": pretrain}
 
 def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: Callable,
                     train_config: ml_collections.ConfigDict) -> Callable:
-  """(state, batch) -> (state, metrics): gradient accumulation, one optimizer update."""
+  """(state, batch) -> (state, metrics): gradient accumulation, one optimizer update unless
+  the guard refuses it (lm/train/guard.py: non-finite values, loss spikes)."""
   schedule = optim.learning_rate_schedule(train_config)
   accum, z_loss = train_config.grad_accum, train_config.z_loss
+  guard_args = dict(spike_sigma=train_config.spike_sigma, spike_window=train_config.spike_window,
+                    stop=train_config.on_nonfinite == "stop")
 
   def apply(params, tokens, **kwargs):
     return model.apply({"params": params}, tokens, **kwargs)
@@ -67,13 +74,25 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: C
       (grads, sums), _ = jax.lax.scan(add_micro_batch, zeros, micro)
     weight = jnp.maximum(sums["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)  # token-mean over the whole batch
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": sums["nll"] / weight, "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state.step)}
+    loss, grad_norm = sums["nll"] / weight, optax.tree.norm(grads)
+    ok, guard = guard_lib.check(state.guard, state.step, loss, grad_norm, **guard_args)
+
+    def update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+
+    def refuse(_):  # the optimizer's counters advance, its moments stay
+      _, opt_state = tx.update(grads, state.opt_state, state.params)
+      return state.params, guard_lib.counters_only(opt_state, state.opt_state)
+
+    params, opt_state = jax.lax.cond(ok, update, refuse, None)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped": 1.0 - ok.astype(jnp.float32),
+               "skipped_updates": guard.skipped.astype(jnp.float32)}
     if z_loss:
       metrics["z_loss"] = sums["z_loss"] / weight
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         guard=guard), metrics
 
   return train_step
 
@@ -98,6 +117,21 @@ def evaluate(eval_step: Callable, params, eval_batches: list) -> dict[str, float
   loss = totals["nll"] / max(totals["weight"], 1.0)
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
           "eval_bits_per_byte": totals["nll"] / math.log(2) / max(totals["bytes"], 1.0)}
+
+
+def raise_if_nonfinite(state: state_lib.TrainState, manager, to_close: list) -> None:
+  """Stop mode: raises NonFiniteError when a step of `state` was not finite. Pending saves
+  finish first, so the error can name the newest checkpoint, which is from before the fault
+  (the loop calls this before it saves)."""
+  step = int(jax.device_get(state.guard.first_nonfinite))
+  if not step:
+    return
+  manager.wait_until_finished()
+  newest = manager.latest_step()
+  manager.close()
+  for resource in to_close:
+    resource.close()
+  raise guard_lib.NonFiniteError(guard_lib.nonfinite_message(step, newest))
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -153,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
     else:
       state, data_state = restored
-    start_step = int(jax.device_get(state.step))
+    start_step, skipped = (int(x) for x in jax.device_get((state.step, state.guard.skipped)))
     if is_main:  # only now: a config the checkpoints refused must not replace theirs
       save_config(config, workdir)
     if restored is not None:  # continue the input streams where the checkpoint left them
@@ -189,6 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        f"{source.entropy_rate:.4f} nats/token")
     last_metrics: dict[str, Any] = {"step": start_step}
     timer_step, timer_start = start_step, time.perf_counter()
+    log_step = start_step
 
     with preemption.StopRequest() as stop_request:
       for step in range(start_step, t.steps):
@@ -212,10 +247,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
           host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
           writer.write(done, host_metrics)
+          newly_skipped = int(host_metrics["skipped_updates"]) - skipped
+          skipped += newly_skipped
           progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
-                          host_metrics["mfu"], seconds_per_step)
+                          host_metrics["mfu"], seconds_per_step,
+                          extra=f" | {skipped} skipped" if skipped else "")
+          if newly_skipped:
+            logging.warning("%d of the %d updates up to step %d were skipped (a non-finite "
+                            "loss or gradient norm, or a loss spike); %d in all", newly_skipped,
+                            done - log_step, done, skipped)
           last_metrics = {"step": done, **host_metrics}
-          timer_step, timer_start = done, time.perf_counter()
+          timer_step, timer_start, log_step = done, time.perf_counter(), done
+
+        if t.on_nonfinite == "stop" and (stop or done == t.steps or 0 in (
+            done % t.log_every, done % t.eval_every, done % t.checkpoint_every)):
+          raise_if_nonfinite(state, manager, [train_data, progress, writer])
 
         if done % t.eval_every == 0 or done == t.steps:
           eval_metrics = evaluate(eval_step, state.params, eval_data)

@@ -16,12 +16,14 @@ from jax.sharding import Mesh
 
 from lm.model import Decoder, ModelConfig
 from lm.parallel import rules as rules_lib
+from lm.train import guard as guard_lib
 
 
 class TrainState(struct.PyTreeNode):
-  step: jax.Array   # scalar int32: optimizer updates applied so far
+  step: jax.Array   # scalar int32: steps taken (updates applied or refused by the guard)
   params: Any       # float32 parameter tree (unboxed)
   opt_state: Any    # optax state, sharded like the parameters
+  guard: guard_lib.Guard  # replicated scalars: skipped updates, loss statistics (guard.py)
 
 
 def init_params(model: Decoder, key: jax.Array) -> Any:
@@ -44,9 +46,11 @@ def state_shardings(model: Decoder, tx: optax.GradientTransformation, mesh: Mesh
   opt_shardings = optax.tree_map_params(
       tx, lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
       opt_state, param_shardings, params, transform_non_params=lambda _: replicated)
+  guard = jax.eval_shape(guard_lib.init)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=opt_state)
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+                        opt_state=opt_state, guard=guard)
+  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                         guard=jax.tree.map(lambda _: replicated, guard))
   return abstract, shardings
 
 
@@ -54,7 +58,8 @@ def create_train_state(model: Decoder, tx: optax.GradientTransformation, key: ja
                        shardings: TrainState) -> TrainState:
   def init(key):
     params = nn.unbox(init_params(model, key))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      guard=guard_lib.init())
   return jax.jit(init, out_shardings=shardings)(key)
 
 
@@ -62,7 +67,8 @@ def train_state_from_params(tx: optax.GradientTransformation, params: Any,
                             shardings: TrainState) -> TrainState:
   """Step 0 with given (already sharded) parameters, e.g. imported ones; fresh optimizer."""
   def init(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      guard=guard_lib.init())
   return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)
 
 
