@@ -40,6 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.eval_every_nth = 20         # local sources: 1 in 20 documents is held out
   config.data.shards = 0                  # input streams the global batch is cut into;
                                           # 0: one per process (see lm/data/pipeline.py)
+  config.data.shuffle_rows = 1024         # packed rows are shuffled in windows of this many
   config.data.num_threads = 0             # reader threads per stream (0: the prefetch thread
                                           # reads; more help tokenizers that release the GIL)
   config.data.num_workers = 0             # tokenizing processes per stream (0: in-process)
@@ -121,7 +122,7 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
   if d.shards < 0 or (d.shards and t.batch_size % d.shards):
     errors.append(f"data.shards={d.shards} must be 0 (one per process) or divide "
                   f"train.batch_size={t.batch_size}")
-  for name in ("num_threads", "num_workers", "prefetch"):
+  for name in ("num_threads", "num_workers", "prefetch", "shuffle_rows"):
     if d[name] < 0:
       errors.append(f"data.{name}={d[name]} must be >= 0")
   if d.eval_every_nth < 2:

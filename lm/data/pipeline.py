@@ -4,7 +4,9 @@ The global batch is cut into `data.shards` input streams of equal numbers of row
 one per process). Every epoch is one global permutation of the documents (by `seed`, a new one
 each epoch); stream i reads documents i, i + S, i + 2S, ... of that order, tokenizes them as
 `<bos> text <eos>`, packs them back to back into rows of `seq_len` tokens (a document longer
-than a row continues in the next one; nothing is dropped or padded) and batches its rows. A
+than a row continues in the next one; nothing is dropped or padded), shuffles the packed rows
+within windows of `data.shuffle_rows` (so that the rows of one long document spread over many
+batches) and batches them. A
 process reads only the streams of its own rows, so per-process shards are disjoint and
 together make the global batch, and the batches depend on `data.shards`, never on how many
 processes read them: a run resumes exactly on another topology with the same `data.shards`.
@@ -73,7 +75,11 @@ def stream(documents: Sequence[str], tokenizer, *, shard: int, num_shards: int, 
     examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
   packed = grain_experimental.ConcatThenSplitIterDataset(
       examples, length_struct={"inputs": seq_len, "targets": seq_len})
-  batches = packed.map(finish_row).batch(rows, drop_remainder=True)
+  packed_rows = packed.map(finish_row)
+  if shuffle and data.shuffle_rows:  # else a long document fills whole batches with its rows
+    packed_rows = grain_experimental.WindowShuffleIterDataset(
+        packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
+  batches = packed_rows.batch(rows, drop_remainder=True)
   if data.prefetch:
     batches = grain_experimental.ThreadPrefetchIterDataset(batches,
                                                            prefetch_buffer_size=data.prefetch)
@@ -90,6 +96,15 @@ def process_shards(rows: slice, batch_size: int, shards: int) -> tuple[range, in
                      f"streams of {per_shard}, which do not align with this process's rows "
                      f"[{rows.start}:{rows.stop}]; use a multiple of the number of processes")
   return range(rows.start // per_shard, rows.stop // per_shard), num_shards
+
+
+def _from_json(state):
+  """A grain state as it was before a JSON round trip: the packer marks "no remainder" with
+  the tuple (-1, -1) and compares against it, so the lists JSON gives back become tuples."""
+  if not isinstance(state, dict):
+    return state
+  return {key: ({k: tuple(v) for k, v in value.items()} if key == "remainder_slices"
+                else _from_json(value)) for key, value in state.items()}
 
 
 class Batches:
@@ -120,7 +135,7 @@ class Batches:
 
   def set_state(self, state: dict) -> None:
     for shard, it in self._iterators.items():
-      it.set_state(state["streams"][str(shard)])
+      it.set_state(_from_json(state["streams"][str(shard)]))
 
   def close(self) -> None:
     """Stops the prefetch threads and worker processes."""
@@ -132,7 +147,7 @@ def fingerprint(config: ml_collections.ConfigDict, tokenizer, num_shards: int) -
   d, t = config.data, config.train
   return {"source": d.source, "tokenizer": tokenizer.name, "seq_len": t.seq_len,
           "batch_size": t.batch_size, "shards": num_shards, "seed": config.seed,
-          "num_workers": d.num_workers}
+          "num_workers": d.num_workers, "shuffle_rows": d.shuffle_rows}
 
 
 def train_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,

@@ -5,6 +5,7 @@ import collections
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,7 +73,7 @@ def test_packing_neither_loses_nor_duplicates_a_token():
   total = sum(corpus.values())
   assert total % 256 == 0 and any(len(d) > 3 * 32 for d in docs)
   per_epoch = total // 256
-  batches = take(make_batches(docs=docs), 2 * per_epoch)
+  batches = take(make_batches(docs=docs, **{"data.shuffle_rows": 0}), 2 * per_epoch)
   epochs = []
   for epoch in (batches[:per_epoch], batches[per_epoch:]):
     packed = collections.Counter()
@@ -82,6 +83,17 @@ def test_packing_neither_loses_nor_duplicates_a_token():
     assert packed == corpus
     epochs.append(np.concatenate([b["inputs"].ravel() for b in epoch]))
   assert not np.array_equal(*epochs)  # the second epoch is another permutation
+
+
+def test_packed_rows_are_shuffled_within_windows():
+  """With windows of 16 rows, each pair of batches holds the rows of the unshuffled pair."""
+  plain = take(make_batches(**{"data.shuffle_rows": 0}), 4)
+  shuffled = take(make_batches(**{"data.shuffle_rows": 16}), 4)
+  for window in (slice(0, 2), slice(2, 4)):
+    rows = [sorted(map(bytes, np.concatenate([b["inputs"] for b in batches[window]])))
+            for batches in (plain, shuffled)]
+    assert rows[0] == rows[1]
+  assert not np.array_equal(plain[0]["inputs"], shuffled[0]["inputs"])
 
 
 def test_rows_restart_positions_at_every_document_and_row():
@@ -98,8 +110,9 @@ def test_rows_restart_positions_at_every_document_and_row():
 
 
 def test_process_streams_are_disjoint_and_make_the_global_batch():
-  whole = take(make_batches(**{"data.shards": 2}), 6)
-  halves = [take(make_batches(rows=r, **{"data.shards": 2}), 6) for r in ((0, 4), (4, 8))]
+  unshuffled = {"data.shards": 2, "data.shuffle_rows": 0}  # rows stay within their epoch
+  whole = take(make_batches(**unshuffled), 6)
+  halves = [take(make_batches(rows=r, **unshuffled), 6) for r in ((0, 4), (4, 8))]
   for step, batch in enumerate(whole):
     for key, value in batch.items():
       np.testing.assert_array_equal(
@@ -107,8 +120,8 @@ def test_process_streams_are_disjoint_and_make_the_global_batch():
   # Within an epoch, each document is read by one stream only.
   tags = []
   for half in halves:
-    text = TOKENIZER.decode(np.concatenate([b["inputs"].ravel() for b in half]))
-    tags.append({text[i:i + 5] for i in range(len(text)) if text[i] == "<"})
+    rows = [TOKENIZER.decode(row) for batch in half for row in batch["inputs"]]
+    tags.append({tag for row in rows for tag in re.findall(r"<\d{3}>", row)})
   assert tags[0] and tags[1] and not tags[0] & tags[1]
 
 
