@@ -25,7 +25,7 @@ import numpy as np
 from flax import struct
 
 from lm.model.config import ModelConfig
-from lm.model.layers import param, weight_init
+from lm.model.layers import param, token_matmul, weight_init
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
@@ -185,7 +185,7 @@ class Attention(nn.Module):
 
     def project(name, heads, heads_axis):
       w = param(self, name, (d, heads, h), ("embed", heads_axis, "head_dim"), weight_init(cfg))
-      y = jnp.einsum("BTD,DNH->BTNH", x, w.astype(dt))
+      y = token_matmul(x, w.astype(dt))  # [B, T, heads, H]
       if qkv_bias:
         y = y + param(self, name + "_bias", (heads, h), (heads_axis, "head_dim"),
                       nn.initializers.zeros).astype(dt)
@@ -221,7 +221,7 @@ class Attention(nn.Module):
 
     w_out = param(self, "out", (n, h, d), ("heads", "head_dim", "embed"),
                   weight_init(cfg, (2 * cfg.num_layers) ** -0.5))
-    y = jnp.einsum("BTNH,NHD->BTD", out, w_out.astype(dt))
+    y = token_matmul(out, w_out.astype(dt), contract=2)  # [B, T, D]
     if cfg.use_bias:
       y = y + param(self, "out_bias", (d,), ("embed",), nn.initializers.zeros).astype(dt)
     return y if cache is None else (y, new_cache)

@@ -6,6 +6,7 @@ Parameters are created in float32 and cast to the compute dtype at use, so optim
 updates stay exact while matmuls run in bfloat16 on accelerators.
 """
 
+import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -22,6 +23,21 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
   """A float32 parameter annotated with logical axis names (mapped to mesh axes elsewhere)."""
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape),
                       jnp.float32)
+
+
+def token_matmul(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
+  """x [B, T, *in] times w [*in, *out] -> [B, T, *out], where `in` is w's first `contract` axes.
+
+  Tokens are flattened to one axis and w to a matrix, so every weight matmul is a plain
+  [B*T, in] x [in, out]: with two contracting axes (B, T) in the weight gradient, XLA:CPU writes
+  a transposed copy of each [B, T, F] activation gradient first (27% of the quickstart step;
+  benchmarks/README.md). The reshapes merge a sharded axis with unsharded ones inside it
+  (B with T, heads with head_dim), so they keep every sharding."""
+  batch, length = x.shape[:2]
+  in_size = math.prod(w.shape[:contract])
+  out_shape = w.shape[contract:]
+  y = x.reshape(batch * length, in_size) @ w.reshape(in_size, math.prod(out_shape))
+  return y.reshape(batch, length, *out_shape)
 
 
 def weight_init(config: ModelConfig, scale: float = 1.0) -> Initializer:
@@ -67,7 +83,7 @@ class Embed(nn.Module):
     return x
 
   def attend(self, x: jax.Array) -> jax.Array:
-    return jnp.einsum("BTD,VD->BTV", x, self.table.astype(x.dtype))
+    return token_matmul(x, self.table.astype(x.dtype).T)  # [B, T, V]
 
 
 class Mlp(nn.Module):
@@ -80,23 +96,22 @@ class Mlp(nn.Module):
     dt = cfg.compute_dtype
     out_init = weight_init(cfg, (2 * cfg.num_layers) ** -0.5)
 
-    def project(name: str, shape, axes, init, bias_axes, inputs, spec):
+    def project(name: str, shape, axes, init, bias_axes, inputs):
       w = param(self, name, shape, axes, init).astype(dt)
-      y = jnp.einsum(spec, inputs, w)
+      y = token_matmul(inputs, w)
       if cfg.use_bias:
         y = y + param(self, name + "_bias", shape[-1:], bias_axes,
                       nn.initializers.zeros).astype(dt)
       return y
 
-    up = project("wi_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg), ("mlp",),
-                 x, "BTD,DF->BTF")
+    up = project("wi_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg), ("mlp",), x)
     if cfg.mlp == "gelu":
       hidden = nn.gelu(up, approximate=True)
     else:
       gate = project("wi_gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg),
-                     ("mlp",), x, "BTD,DF->BTF")
+                     ("mlp",), x)
       activation = nn.silu if cfg.mlp == "swiglu" else (lambda g: nn.gelu(g, approximate=True))
       hidden = activation(gate) * up  # [B, T, F]
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_mlp"))
     return project("wo", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), out_init, ("embed",),
-                   hidden, "BTF,FD->BTD")
+                   hidden)

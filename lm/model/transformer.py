@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_mask, cache_mask,
                                 cache_positions, rope_angles)
 from lm.model.config import ModelConfig
-from lm.model.layers import Embed, Mlp, Norm, param, weight_init
+from lm.model.layers import Embed, Mlp, Norm, param, token_matmul, weight_init
 
 ACTIVATION_AXES = ("act_batch", "act_len", "act_embed")
 
@@ -119,7 +119,7 @@ class Decoder(nn.Module):
     else:
       w = param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                 weight_init(cfg))
-      logits = jnp.einsum("BTD,DV->BTV", x, w.astype(x.dtype))
+      logits = token_matmul(x, w.astype(x.dtype))  # [B, T, V]
     logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
     logits = logits.astype(jnp.float32)  # [B, T, V]
     return logits if cache is None else (logits, cache)
