@@ -6,9 +6,8 @@ each epoch); stream i reads documents i, i + S, i + 2S, ... of that order, token
 `<bos> text <eos>`, packs them back to back into rows of `seq_len` tokens (a document longer
 than a row continues in the next one; nothing is dropped or padded), shuffles the packed rows
 within windows of `data.shuffle_rows` (so that the rows of one long document spread over many
-batches) and batches them. A
-process reads only the streams of its own rows, so per-process shards are disjoint and
-together make the global batch, and the batches depend on `data.shards`, never on how many
+batches) and batches them. A process reads only the streams of its own rows, so per-process
+shards are disjoint and together make the global batch, and the batches depend on `data.shards`, never on how many
 processes read them: a run resumes exactly on another topology with the same `data.shards`.
 
 Rows carry `segment_ids` (1, 2, ... per document in the row) and `positions` (restarting at 0
