@@ -183,9 +183,11 @@ class Attention(nn.Module):
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.d_model
     qkv_bias = cfg.attention_bias or cfg.use_bias
 
+    tokens = x.reshape(-1, d)  # [B*T, D], once: q, k and v share one saved input
+
     def project(name, heads, heads_axis):
       w = param(self, name, (d, heads, h), ("embed", heads_axis, "head_dim"), weight_init(cfg))
-      y = token_matmul(x, w.astype(dt))  # [B, T, heads, H]
+      y = token_matmul(tokens, w.astype(dt)).reshape(*x.shape[:2], heads, h)  # [B, T, heads, H]
       if qkv_bias:
         y = y + param(self, name + "_bias", (heads, h), (heads_axis, "head_dim"),
                       nn.initializers.zeros).astype(dt)

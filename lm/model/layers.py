@@ -26,18 +26,18 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
 
 
 def token_matmul(x: jax.Array, w: jax.Array, contract: int = 1) -> jax.Array:
-  """x [B, T, *in] times w [*in, *out] -> [B, T, *out], where `in` is w's first `contract` axes.
+  """x [*tokens, *in] times w [*in, *out] -> [*tokens, *out]; `in` is w's first `contract` axes.
 
-  Tokens are flattened to one axis and w to a matrix, so every weight matmul is a plain
-  [B*T, in] x [in, out]: with two contracting axes (B, T) in the weight gradient, XLA:CPU writes
-  a transposed copy of each [B, T, F] activation gradient first (27% of the quickstart step;
-  benchmarks/README.md). The reshapes merge a sharded axis with unsharded ones inside it
-  (B with T, heads with head_dim), so they keep every sharding."""
-  batch, length = x.shape[:2]
-  in_size = math.prod(w.shape[:contract])
-  out_shape = w.shape[contract:]
-  y = x.reshape(batch * length, in_size) @ w.reshape(in_size, math.prod(out_shape))
-  return y.reshape(batch, length, *out_shape)
+  Tokens are flattened to one axis ([B*T, *in]), so that the weight gradient contracts one
+  axis: with two (B, T), XLA:CPU writes a transposed copy of each [B, T, F] activation gradient
+  first (27% of the quickstart step; benchmarks/README.md). The weight keeps its shape: a
+  reshaped copy would be one more residual for autodiff to save. Flattening merges the
+  sharded batch axis with the unsharded length inside it, which keeps every sharding. Callers
+  that feed one input to several matmuls flatten it once themselves ([B*T, D]), so that
+  autodiff saves it once."""
+  tokens = x.shape[:x.ndim - contract]
+  y = jnp.tensordot(x.reshape(math.prod(tokens), *w.shape[:contract]), w, axes=contract)
+  return y.reshape(*tokens, *w.shape[contract:])
 
 
 def weight_init(config: ModelConfig, scale: float = 1.0) -> Initializer:
@@ -104,14 +104,17 @@ class Mlp(nn.Module):
                       nn.initializers.zeros).astype(dt)
       return y
 
-    up = project("wi_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg), ("mlp",), x)
+    tokens = x.reshape(-1, cfg.d_model)  # [B*T, D], once: up and gate share one saved input
+    up = project("wi_up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg), ("mlp",),
+                 tokens)  # [B*T, F]
     if cfg.mlp == "gelu":
       hidden = nn.gelu(up, approximate=True)
     else:
       gate = project("wi_gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"), weight_init(cfg),
-                     ("mlp",), x)
+                     ("mlp",), tokens)
       activation = nn.silu if cfg.mlp == "swiglu" else (lambda g: nn.gelu(g, approximate=True))
-      hidden = activation(gate) * up  # [B, T, F]
+      hidden = activation(gate) * up
+    hidden = hidden.reshape(*x.shape[:2], cfg.d_ff)  # [B, T, F]
     hidden = nn.with_logical_constraint(hidden, ("act_batch", "act_len", "act_mlp"))
     return project("wo", (cfg.d_ff, cfg.d_model), ("mlp", "embed"), out_init, ("embed",),
                    hidden)

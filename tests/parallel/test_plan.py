@@ -130,7 +130,9 @@ def _jax_residuals(config, batch: int, seq_len: int):
     if "output of scan" not in source or not stacked:
       continue
     size = aval.size * aval.dtype.itemsize
-    if batch in aval.shape[1:]:  # [L, B, T, ...]; scores come as [L, K, B, G, T, S]
+    if batch in aval.shape[1:] or batch * seq_len in aval.shape[1:]:
+      # [L, B, T, ...], or [L, B * T, ...] where a matmul flattened the tokens; scores come as
+      # [L, K, B, G, T, S]
       activations += size
     elif aval.shape[1] > 1:  # a weight matrix (not the [L, 1, 1, D] norm scales)
       weights += size
