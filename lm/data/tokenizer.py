@@ -23,6 +23,18 @@ import numpy as np
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<system>", "<user>", "<assistant>", "<end_of_turn>")
 
 
+def _with_specials(ids: list[int], tokenizer, add_bos: bool, add_eos: bool,
+                   missing: str) -> np.ndarray:
+  """`ids` with the tokenizer's bos / eos around them. A missing one is an error: `missing`
+  with "bos" or "eos" in place of its `{}`."""
+  for add, token_id, special in ((add_bos, tokenizer.bos_id, "bos"),
+                                 (add_eos, tokenizer.eos_id, "eos")):
+    if add and token_id is None:
+      raise ValueError(missing.replace("{}", special))
+  return np.array(([tokenizer.bos_id] if add_bos else []) + list(ids)
+                  + ([tokenizer.eos_id] if add_eos else []), np.int32)
+
+
 class ByteTokenizer:
   """UTF-8 bytes as tokens 0-255, then the special tokens."""
 
@@ -138,11 +150,8 @@ class SentencePieceTokenizer:
         ids += self._space_ids + self._sp.encode(part)
     else:
       ids = self._sp.encode(text)
-    for add, token_id, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
-      if add and token_id is None:
-        raise ValueError(f"data.tokenizer='spm:{self.path}' has no {name} piece")
-    return np.array(([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else []),
-                    np.int32)
+    return _with_specials(ids, self, add_bos, add_eos,
+                          f"data.tokenizer='spm:{self.path}' has no {{}} piece")
 
   def decode(self, ids) -> str:
     """Text of the ids; special tokens (and ids beyond the vocabulary) are dropped."""
@@ -345,11 +354,7 @@ class HFTokenizer:
 
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
     ids = self._tokenizer.encode(text, add_special_tokens=False).ids
-    for add, token_id, name in ((add_bos, self.bos_id, "bos"), (add_eos, self.eos_id, "eos")):
-      if add and token_id is None:
-        raise ValueError(f"{self.directory} defines no {name}_token")
-    return np.array(([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else []),
-                    np.int32)
+    return _with_specials(ids, self, add_bos, add_eos, f"{self.directory} defines no {{}}_token")
 
   def decode(self, ids) -> str:
     """Text of the ids; special tokens are dropped."""
