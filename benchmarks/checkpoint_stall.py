@@ -15,19 +15,14 @@ import time
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import numpy as np
 
 from lm import config as config_lib
-from lm.model import Decoder
-from lm.parallel import mesh as mesh_lib
-from lm.parallel import rules as rules_lib
-from lm.stages import pretrain
 from lm.train import checkpoint as checkpoint_lib
-from lm.train import loop
-from lm.train import optim
 from lm.train import state as state_lib
+
+import lm_step  # benchmarks/lm_step.py, beside this script
 
 _PRESET = flags.DEFINE_string("preset", "llama-58m", "An lm preset, or llama-58m.")
 _SAVES = flags.DEFINE_integer("saves", 3, "Saves measured (each async, then each blocking).")
@@ -51,49 +46,37 @@ def main(argv):
   del argv
   config = make_config()
   t = config.train
-  model = Decoder(config_lib.model_config(config))
-  tx = optim.make_optimizer(t)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = rules_lib.make_rules(config.mesh.rules)
-  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
-  data_sharding = rules_lib.batch_sharding(mesh)
+  step = lm_step.TrainStep(config)
+  abstract = step.abstract_state
   tokens = np.random.default_rng(0).integers(0, 256, (t.batch_size, t.seq_len + 1), np.int32)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-           "loss_mask": np.ones((t.batch_size, t.seq_len), np.float32)}
-  batch = {k: jax.device_put(v, data_sharding) for k, v in batch.items()}
+  batch = step.put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                    "loss_mask": np.ones((t.batch_size, t.seq_len), np.float32)})
   workdir = tempfile.mkdtemp(prefix="lm_checkpoint_stall_")
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = state_lib.create_train_state(model, tx, jax.random.key(0), shardings)
-    step_fn = jax.jit(loop.make_train_step(model, tx, pretrain.loss_fn, t),
-                      in_shardings=(shardings, data_sharding),
-                      out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=(0,))
-    manager = checkpoint_lib.make_manager(workdir, keep=2)
+  manager = checkpoint_lib.make_manager(workdir, keep=2)
 
-    def train(n: int) -> list[float]:
-      nonlocal state
-      times = []
-      for _ in range(n):
-        start = time.perf_counter()
-        state, metrics = step_fn(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-      return times
+  def train(n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      jax.block_until_ready(step(batch))
+      times.append(time.perf_counter() - start)
+    return times
 
-    train(2)  # compile
-    quiet = train(_STEPS.value)
-    rows = {"async": [], "blocking": []}
-    for mode in rows:
-      for _ in range(_SAVES.value):
-        start = time.perf_counter()
-        checkpoint_lib.save(manager, state, {"fingerprint": {}, "streams": {}}, {})
-        blocked = time.perf_counter() - start
-        if mode == "blocking":
-          manager.wait_until_finished()
-          blocked = time.perf_counter() - start
-        during = train(_STEPS.value)
+  train(2)  # compile
+  quiet = train(_STEPS.value)
+  rows = {"async": [], "blocking": []}
+  for mode in rows:
+    for _ in range(_SAVES.value):
+      start = time.perf_counter()
+      checkpoint_lib.save(manager, step.state, {"fingerprint": {}, "streams": {}}, {})
+      blocked = time.perf_counter() - start
+      if mode == "blocking":
         manager.wait_until_finished()
-        rows[mode].append((blocked, statistics.median(during), max(during)))
-    manager.close()
+        blocked = time.perf_counter() - start
+      during = train(_STEPS.value)
+      manager.wait_until_finished()
+      rows[mode].append((blocked, statistics.median(during), max(during)))
+  manager.close()
 
   size = state_lib.count_bytes(abstract) / 1e6
   step = statistics.median(quiet)

@@ -14,22 +14,15 @@ import time
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import ml_collections
 from ml_collections import config_flags
 
-from lm import config as config_lib
 from lm.data import pipeline
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
-from lm.model import Decoder
-from lm.parallel import mesh as mesh_lib
-from lm.parallel import rules as rules_lib
-from lm.stages import pretrain
-from lm.train import loop
-from lm.train import optim
-from lm.train import state as state_lib
+
+import lm_step  # benchmarks/lm_step.py, beside this script
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py",
                                           "The training config whose shapes are measured.")
@@ -52,28 +45,15 @@ def pipeline_tokens_per_sec(config: ml_collections.ConfigDict, source, tokenizer
 
 
 def training_tokens_per_sec(config: ml_collections.ConfigDict, batch: dict) -> float:
-  t = config.train
-  model = Decoder(config_lib.model_config(config))
-  tx = optim.make_optimizer(t)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = rules_lib.make_rules(config.mesh.rules)
-  _, shardings = state_lib.state_shardings(model, tx, mesh, rules)
-  data_sharding = rules_lib.batch_sharding(mesh)
-  batch = {k: jax.device_put(v, data_sharding) for k, v in batch.items()}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
-    step = jax.jit(loop.make_train_step(model, tx, pretrain.loss_fn, t),
-                   in_shardings=(shardings, data_sharding),
-                   out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=(0,))
-    state, metrics = step(state, batch)  # compile
-    jax.block_until_ready(metrics)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < _SECONDS.value:
-      state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-      steps += 1
-    seconds = time.perf_counter() - start
-  return steps * t.batch_size * t.seq_len / seconds
+  step = lm_step.TrainStep(config)
+  batch = step.put(batch)
+  jax.block_until_ready(step(batch))  # compile
+  steps, start = 0, time.perf_counter()
+  while time.perf_counter() - start < _SECONDS.value:
+    jax.block_until_ready(step(batch))
+    steps += 1
+  seconds = time.perf_counter() - start
+  return steps * config.train.batch_size * config.train.seq_len / seconds
 
 
 def main(argv):

@@ -28,7 +28,6 @@ from typing import Callable
 
 from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -36,14 +35,11 @@ import torch
 import transformers
 
 from lm import config as config_lib
-from lm.model import Decoder, ModelConfig, presets
+from lm.model import ModelConfig, presets
 from lm.model.config import model_config_fields
-from lm.parallel import mesh as mesh_lib
-from lm.parallel import rules as rules_lib
-from lm.stages import pretrain
-from lm.train import loop
-from lm.train import optim
 from lm.train import state as state_lib
+
+import lm_step  # benchmarks/lm_step.py, beside this script
 
 # Shapes beyond lm's presets: model.* overrides on top of the `tiny` preset.
 EXTRA_SHAPES = {
@@ -126,33 +122,18 @@ def hf_config(model: ModelConfig) -> transformers.LlamaConfig:
 def lm_trainer(config: ml_collections.ConfigDict, tokens: np.ndarray
                ) -> tuple[Callable[[int], float], int]:
   """(run(n) -> seconds for n steps, parameter count), set up as train_and_evaluate does."""
-  t = config.train
-  model = Decoder(config_lib.model_config(config))
-  tx = optim.make_optimizer(t)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = rules_lib.make_rules(config.mesh.rules)
-  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
-  data_sharding = rules_lib.batch_sharding(mesh)
-  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-           "loss_mask": np.ones(tokens[:, 1:].shape, np.float32)}  # as batches.train_batch
-  batch = {k: jax.device_put(v, data_sharding) for k, v in batch.items()}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
-    train_step = jax.jit(loop.make_train_step(model, tx, pretrain.loss_fn, t),
-                         in_shardings=(shardings, data_sharding),
-                         out_shardings=(shardings, rules_lib.replicated(mesh)),
-                         donate_argnums=(0,))
+  step = lm_step.TrainStep(config)
+  batch = step.put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                    "loss_mask": np.ones(tokens[:, 1:].shape, np.float32)})
 
   def run(num_steps: int) -> float:
-    nonlocal state
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      start = time.perf_counter()
-      for _ in range(num_steps):
-        state, metrics = train_step(state, batch)
-      jax.block_until_ready((state, metrics))
-      return time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      metrics = step(batch)
+    jax.block_until_ready((step.state, metrics))
+    return time.perf_counter() - start
 
-  return run, state_lib.count_params(abstract_state.params)
+  return run, state_lib.count_params(step.abstract_state.params)
 
 
 def hf_trainer(config: ml_collections.ConfigDict, tokens: np.ndarray
