@@ -7,8 +7,9 @@ each epoch); stream i reads documents i, i + S, i + 2S, ... of that order, token
 than a row continues in the next one; nothing is dropped or padded), shuffles the packed rows
 within windows of `data.shuffle_rows` (so that the rows of one long document spread over many
 batches) and batches them. A process reads only the streams of its own rows, so per-process
-shards are disjoint and together make the global batch, and the batches depend on `data.shards`, never on how many
-processes read them: a run resumes exactly on another topology with the same `data.shards`.
+shards are disjoint and together make the global batch, and the batches depend on
+`data.shards`, never on how many processes read them: a run resumes exactly on another
+topology with the same `data.shards`.
 
 Rows carry `segment_ids` (1, 2, ... per document in the row) and `positions` (restarting at 0
 at every document start and at every row start), so attention and RoPE never cross documents.
@@ -142,25 +143,29 @@ class Batches:
       it.close()
 
 
-def fingerprint(config: ml_collections.ConfigDict, tokenizer, num_shards: int) -> dict:
-  d, t = config.data, config.train
-  return {"source": d.source, "tokenizer": tokenizer.name, "seq_len": t.seq_len,
-          "batch_size": t.batch_size, "shards": num_shards, "seed": config.seed,
-          "num_workers": d.num_workers, "shuffle_rows": d.shuffle_rows}
+def _process_streams(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
+                     rows: slice, seed: int, shuffle: bool, data: ml_collections.ConfigDict
+                     ) -> tuple[dict[int, grain.IterDataset], int]:
+  """({stream index: stream} for this process's `rows`, the number of streams in all)."""
+  t = config.train
+  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  return {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
+                    rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed,
+                    shuffle=shuffle, data=data) for s in shards}, num_shards
 
 
 def train_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
                   rows: slice, seed: int | None = None) -> Batches:
   """The training batches of this process (its `rows` of every global batch), shuffled by
   `seed` (default: config.seed)."""
-  t = config.train
-  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
-  per_shard = t.batch_size // num_shards
   seed = config.seed if seed is None else seed
-  datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards, rows=per_shard,
-                        seq_len=t.seq_len, seed=seed, shuffle=True, data=config.data)
-              for s in shards}
-  return Batches(datasets, {**fingerprint(config, tokenizer, num_shards), "seed": seed})
+  datasets, num_shards = _process_streams(documents, tokenizer, config, rows, seed,
+                                          shuffle=True, data=config.data)
+  d, t = config.data, config.train
+  return Batches(datasets, {"source": d.source, "tokenizer": tokenizer.name,
+                            "seq_len": t.seq_len, "batch_size": t.batch_size,
+                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
+                            "shuffle_rows": d.shuffle_rows})
 
 
 def why_not_resumable(batches: Batches, saved: dict | None) -> str | None:
@@ -177,11 +182,8 @@ def eval_batches(documents: Sequence[str], tokenizer, config: ml_collections.Con
                  rows: slice) -> list[Batch]:
   """`train.eval_batches` batches of held-out documents in their stored order (cycled when the
   split is smaller): the same at every evaluation, cut into streams like training batches."""
-  t = config.train
-  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
   data = ml_collections.ConfigDict({**config.data.to_dict(), "num_workers": 0, "prefetch": 0})
-  datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
-                        rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=0,
-                        shuffle=False, data=data) for s in shards}
+  datasets, _ = _process_streams(documents, tokenizer, config, rows, seed=0, shuffle=False,
+                                 data=data)
   batches = Batches(datasets, {})
-  return [next(batches) for _ in range(t.eval_batches)]
+  return [next(batches) for _ in range(config.train.eval_batches)]

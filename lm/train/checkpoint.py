@@ -79,10 +79,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # deletes the oldest of `keep` only after that: a kill mid-save leaves the previous ones.
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                          create=True, cleanup_tmp_directories=True)
-  path = epath.Path(workdir)
-  if "://" not in workdir:  # a local path: absolute, so a later chdir cannot move it
-    path = path.absolute()
-  return ocp.CheckpointManager(path / "checkpoints", options=options)
+  return ocp.CheckpointManager(_root(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, state, data_state: dict, config: dict,
@@ -127,10 +124,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, shardings,
 
   `check(saved_config, step, fits)` runs first (`fits`: the stored arrays have this run's
   shapes) and raises when the checkpoint cannot continue this run: that is the operator's to
-  resolve, not a broken file. A checkpoint
-  that cannot be read (truncated, corrupt) is moved to `unreadable_checkpoints/` beside
-  `checkpoints/`, with a warning naming it, and the one before it is tried; nothing is
-  deleted. data_state is None when the checkpoint lacks one of `streams`."""
+  resolve, not a broken file. A checkpoint that cannot be read (truncated, corrupt) is moved
+  to `unreadable_checkpoints/` beside `checkpoints/`, with a warning naming it, and the one
+  before it is tried; nothing is deleted. data_state is None when the checkpoint lacks one of
+  `streams`."""
   target = rules_lib.with_shardings(abstract_state, shardings)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -164,6 +161,7 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> N
 
 
 def _root(workdir: str) -> epath.Path:
+  """`workdir` as a path; a local one absolute, so that a later chdir cannot move it."""
   path = epath.Path(workdir)
   return path if "://" in workdir else path.absolute()
 

@@ -179,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
     restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings,
                                              train_data.shards,
-                                             workdir_lib.resume_check(config, workdir))
+                                             workdir_lib.resume_check(config_json, workdir))
     if restored is None and config.init_from:
       params = init_from_lib.load_params(config.init_from, model_config, shardings.params)
       state = state_lib.train_state_from_params(tx, params, shardings)

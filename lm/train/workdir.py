@@ -1,7 +1,6 @@
 """Operator errors caught before anything compiles: a workdir that cannot be written or has no
 room for a checkpoint, and a config that no longer fits the checkpoints in the workdir."""
 
-import json
 import os
 import shutil
 from typing import Callable
@@ -9,8 +8,6 @@ from typing import Callable
 from absl import logging
 from etils import epath
 import jax
-import ml_collections
-
 
 
 def prepare(workdir: str, checkpoint_bytes: int) -> None:
@@ -44,18 +41,19 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
   return flat
 
 
-def resume_check(config: ml_collections.ConfigDict, workdir: str
+def resume_check(config_json: dict, workdir: str
                  ) -> Callable[[dict | None, int, bool], None]:
-  """check(saved_config, step, fits): raises when the checkpoint at `step` cannot continue
-  `config` (`fits` is False: its arrays have other shapes or structure, e.g. another model or
-  optimizer); logs every other changed field (a new learning rate or step count is allowed)."""
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  """check(saved_config, step, fits): raises when the checkpoint at `step` cannot continue the
+  run whose config is `config_json` (`fits` is False: its arrays have other shapes or
+  structure, e.g. another model or optimizer); logs every other changed field (a new learning
+  rate or step count is allowed)."""
+  current = _flatten(config_json)
 
   def check(saved: dict | None, step: int, fits: bool) -> None:
-    before = _flatten(saved or {})
+    before = _flatten(saved) if saved is not None else current
     changed = {key: f"{key}: {before.get(key)!r} -> {current.get(key)!r}"
                for key in sorted(before.keys() | current.keys())
-               if saved is not None and before.get(key) != current.get(key)}
+               if before.get(key) != current.get(key)}
     if not fits:
       shape_fields = [d for k, d in changed.items()
                       if k.startswith("model.") or k == "train.optimizer"]
