@@ -81,11 +81,12 @@ def train(argv) -> None:
   del argv
   _require("config", "workdir")
   # pylint: disable=import-outside-toplevel
+  from lm import stages
   from lm.parallel.mesh import initialize_distributed
   from lm.train.loop import train_and_evaluate
   initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          force=FLAGS.distributed)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir, stages.get(FLAGS.config.stage))
 
 
 def sample(argv) -> None:
@@ -148,7 +149,7 @@ def plan(argv) -> None:
   """Prints the memory per device, FLOPs and step-time bounds of --config on a target."""
   del argv
   _require("config")
-  from lm.parallel import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
   try:
     result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
                            compile_step=None if FLAGS.compile else False)

@@ -34,6 +34,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.source = "builtin:stdlib"
   config.data.tokenizer = "byte"          # byte | spm:<file.model> | hf:<dir>
   config.data.text_field = "text"         # the feature (tfds:) or JSON key (jsonl:) to read
+  # Record fields a stage reads (comma-separated): "" takes the stage's own (pretrain: the text
+  # in data.text_field; sft: "messages", or "prompt,completion"). A record without one is an
+  # error naming the file, the line and the field.
+  config.data.fields = ""
+  config.data.pack = True                 # sft: pack conversations into rows; False: pad
+  config.data.truncate = "cut"            # sft: a conversation longer than a row: cut | drop
   config.data.cache_dir = "~/.cache/lm/data"  # local sources, prepared once as ArrayRecord
   config.data.tfds_data_dir = ""          # "": TFDS' default (~/tensorflow_datasets)
   config.data.tfds_download = True        # download and prepare a tfds: source on first use
@@ -94,6 +100,13 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   return base.replace(**overrides)
 
 
+def data_fields(config: ml_collections.ConfigDict, stage) -> tuple[str, ...]:
+  """The record fields the run reads: `data.fields` where set, else the stage's own."""
+  if config.data.fields:
+    return tuple(f.strip() for f in config.data.fields.split(",") if f.strip())
+  return tuple(stage.fields)
+
+
 def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vocab: int,
              mesh_shape: dict[str, int]) -> None:
   """Fails before anything compiles, naming each config field that cannot work."""
@@ -125,6 +138,8 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
   for name in ("num_threads", "num_workers", "prefetch", "shuffle_rows"):
     if d[name] < 0:
       errors.append(f"data.{name}={d[name]} must be >= 0")
+  if d.truncate not in ("cut", "drop"):
+    errors.append(f"data.truncate={d.truncate!r} is not one of ['cut', 'drop']")
   if d.eval_every_nth < 2:
     errors.append(f"data.eval_every_nth={d.eval_every_nth} must be >= 2")
   if not 0 <= t.min_lr_ratio <= 1:

@@ -11,7 +11,7 @@ remat 'dots' before 'full' (less recomputation), then the fewest micro-batches.
 import sys
 
 from lm import config as config_lib
-from lm.parallel import plan as plan_lib
+from lm import plan as plan_lib
 
 BATCH, SEQ_LEN, HEADROOM = 256, 4096, 0.9
 

@@ -187,3 +187,62 @@ def eval_batches(documents: Sequence[str], tokenizer, config: ml_collections.Con
                                  data=data)
   batches = Batches(datasets, {})
   return [next(batches) for _ in range(config.train.eval_batches)]
+
+
+# --- Examples that must not be split: conversations (SFT) --------------------------------------
+
+def finish_packed_row(row: dict[str, np.ndarray]) -> Batch:
+  """A row from first-fit packing as the model reads it; the loss mask is the examples' own."""
+  return {"inputs": row["inputs"], "targets": row["targets"],
+          "segment_ids": row["inputs_segment_ids"].astype(np.int32),
+          "positions": row["inputs_positions"].astype(np.int32),
+          "loss_mask": row["loss_mask"].astype(np.float32)}
+
+
+def example_stream(records: Sequence, to_example: Any, *, shard: int, num_shards: int, rows: int,
+                   seq_len: int, seed: int, shuffle: bool, data: ml_collections.ConfigDict
+                   ) -> grain.IterDataset:
+  """Input stream `shard` of `num_shards` over examples that stay whole: `to_example(record)`
+  gives {"inputs", "targets", "loss_mask"} of at most `seq_len` tokens (or None to skip), and
+  rows hold whole examples, first-fit packed (`data.pack`) or one per row, padded. Padding has
+  segment id 0 and loss mask 0. Otherwise as `stream`: shuffled per epoch, read i, i + S, ..."""
+  examples = grain.MapDataset.source(records)
+  if shuffle:
+    examples = examples.shuffle(seed=seed)
+  examples = examples.repeat(None)[shard::num_shards].map(to_example).to_iter_dataset(
+      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
+  if data.num_workers:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  packed = grain_experimental.FirstFitPackIterDataset(
+      examples, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
+      num_packing_bins=rows if data.pack else 1, seed=seed + shard, shuffle_bins=shuffle,
+      max_sequences_per_bin=None if data.pack else 1)
+  packed_rows = packed.map(finish_packed_row)
+  if shuffle and data.shuffle_rows:
+    packed_rows = grain_experimental.WindowShuffleIterDataset(
+        packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
+  batches = packed_rows.batch(rows, drop_remainder=True)
+  if data.prefetch:
+    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
+                                                           prefetch_buffer_size=data.prefetch)
+  return batches
+
+
+def example_batches(records: Sequence, to_example: Any, config: ml_collections.ConfigDict,
+                    rows: slice, seed: int, shuffle: bool = True) -> Batches:
+  """This process's rows of every batch of whole examples (see `example_stream`); resumable
+  like `train_batches`. Unshuffled (held-out batches), in the records' stored order."""
+  d, t = config.data, config.train
+  if not shuffle:
+    d = ml_collections.ConfigDict({**d.to_dict(), "num_workers": 0, "prefetch": 0})
+  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  datasets = {s: example_stream(records, to_example, shard=s, num_shards=num_shards,
+                                rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed,
+                                shuffle=shuffle, data=d) for s in shards}
+  return Batches(datasets, {"source": d.source, "tokenizer": getattr(to_example, "name", ""),
+                            "seq_len": t.seq_len, "batch_size": t.batch_size,
+                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
+                            "shuffle_rows": d.shuffle_rows, "pack": d.pack,
+                            "truncate": d.truncate})

@@ -6,12 +6,20 @@
                         `data.tfds_download` is on (that step needs network and, for many
                         catalog builders, TensorFlow: the `tf` extra; reading never does)
   text:<glob>           local text files, one document per file
-  jsonl:<glob>          local JSON-lines files, one document per line, in `data.text_field`
+  jsonl:<glob>          local JSON-lines files, one document per line, in `data.text_field`;
+                        for a stage that reads records (SFT), each line's whole JSON object
+  builtin:tasks         the built-in instruction tasks (lm/data/tasks.py) as chat records,
+                        with their own held-out split; builtin:tasks:add,sort picks tasks
   builtin:stdlib        ~1.7 MB of English prose shipped with Python itself: the pydoc topic
                         pages and every long docstring of the standard library. No network.
   synthetic:markov      a first-order Markov chain over a small alphabet whose entropy rate is
                         known exactly, so a test can check that training approaches the bound.
                         Options after a colon: synthetic:markov:states=16,alpha=0.3,seed=0.
+
+A stage that reads text (pre-training) gets documents as str. A stage that names record
+fields (`data.fields`, e.g. SFT's "messages") gets records as dicts: whole JSON objects from
+jsonl:, the named features from tfds:; a record that lacks one of the fields is an error that
+names the file, the line and the field.
 
 Local sources (all but tfds:) are written once into a TFDS ArrayRecord dataset under
 `data.cache_dir`, keyed by the source and, for files, their sizes and modification times;
@@ -44,8 +52,8 @@ TFDS_EVAL_SPLITS = ("validation", "test")
 @dataclasses.dataclass(frozen=True)
 class Source:
   name: str
-  train: Sequence[str]          # random access: len(), [i] -> document text
-  eval: Sequence[str]
+  train: Sequence               # random access: len(), [i] -> document text, or a record dict
+  eval: Sequence
   entropy_rate: float | None    # nats per symbol of the true source, where known
   description: str              # one line for the log: where it lives, how many documents
 
@@ -67,6 +75,40 @@ class TextRecords:
 
   def __iter__(self) -> Iterator[str]:
     return (self[i] for i in range(len(self)))
+
+
+class JsonRecords(TextRecords):
+  """Records stored as JSON text (a jsonl: source read by a stage with record fields)."""
+
+  def __getitem__(self, index: int) -> dict:
+    return json.loads(super().__getitem__(index))
+
+
+class FeatureRecords:
+  """Records of a TFDS catalog dataset: its features `fields`, bytes decoded to str."""
+
+  def __init__(self, data_source, fields: tuple[str, ...]):
+    self._data_source, self._fields = data_source, fields
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self._data_source[index]
+    return {f: _decoded(example[f]) for f in self._fields}
+
+
+def _decoded(value):
+  """A TFDS feature value as plain Python: bytes as str, arrays as lists, dicts recursively."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="replace")
+  if isinstance(value, dict):
+    return {k: _decoded(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    return [_decoded(v) for v in value.tolist()] if value.dtype == object else value.tolist()
+  if isinstance(value, list):
+    return [_decoded(v) for v in value]
+  return value
 
 
 # --- The built-in corpora ---------------------------------------------------------------------
@@ -168,7 +210,9 @@ def _decode(data: bytes, path: str, counts: Counts) -> str:
 
 
 def _file_documents(source: str, scheme: str, pattern: str, text_field: str,
-                    counts: Counts) -> Iterator[str]:
+                    counts: Counts, fields: tuple[str, ...] = ()) -> Iterator[str]:
+  """The documents of text: or jsonl: files; with `fields`, each JSON line whole (as JSON
+  text), after checking that it has every field."""
   for path in _matching_files(source, pattern):
     counts.files += 1
     text = _decode(pathlib.Path(path).read_bytes(), path, counts)
@@ -182,6 +226,14 @@ def _file_documents(source: str, scheme: str, pattern: str, text_field: str,
         record = json.loads(line)
       except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{line_number}: not a JSON object ({e.msg})") from e
+      if fields:
+        missing = [f for f in fields if not isinstance(record, dict) or f not in record]
+        if missing:
+          raise ValueError(f"{path}:{line_number}: no field {missing[0]!r} (data.fields="
+                           f"{','.join(fields)!r}; the record has "
+                           f"{sorted(record) if isinstance(record, dict) else 'no fields'})")
+        yield json.dumps(record, ensure_ascii=False)
+        continue
       if not isinstance(record, dict) or text_field not in record:
         raise ValueError(f"{path}:{line_number}: no field data.text_field={text_field!r} "
                          f"(fields: {sorted(record) if isinstance(record, dict) else '-'})")
@@ -198,12 +250,18 @@ def _records(document: str) -> Iterator[str]:
   yield document
 
 
-def _local_documents(source: str, text_field: str) -> tuple[Iterator[str], Counts, float | None]:
+def _local_documents(source: str, text_field: str, fields: tuple[str, ...] = ()
+                     ) -> tuple[Iterator[str], Counts, float | None]:
   scheme, _, rest = source.partition(":")
   counts, rate = Counts(), None
+  if fields and scheme != "jsonl":
+    raise ValueError(f"data.source={source!r} holds text documents, not records with the fields "
+                     f"{','.join(fields)!r} that stage reads; use jsonl:, builtin:tasks or a "
+                     "tfds: dataset with those features")
   if scheme == "builtin":
     if rest != "stdlib":
-      raise ValueError(f"data.source={source!r}: the built-in corpus is 'builtin:stdlib'")
+      raise ValueError(f"data.source={source!r}: the built-in sources are 'builtin:stdlib' "
+                       "(text) and 'builtin:tasks' (chat records)")
     documents = iter(stdlib_documents())
   elif scheme == "synthetic":
     kind, _, options = rest.partition(":")
@@ -213,10 +271,14 @@ def _local_documents(source: str, text_field: str) -> tuple[Iterator[str], Count
     documents = iter(docs)
   else:
     _matching_files(source, rest)  # fail now, not inside the TFDS builder
-    documents = _file_documents(source, scheme, rest, text_field, counts)
+    documents = _file_documents(source, scheme, rest, text_field, counts, fields)
 
   def counted() -> Iterator[str]:
     for document in documents:
+      if fields:  # a record stays whole
+        counts.documents += 1
+        yield document
+        continue
       if not document.strip():
         counts.empty_skipped += 1
         continue
@@ -227,9 +289,13 @@ def _local_documents(source: str, text_field: str) -> tuple[Iterator[str], Count
   return counted(), counts, rate
 
 
-def _split(records: list[str], every_nth: int) -> tuple[list[str], list[str]]:
+def _split(records: list[str], every_nth: int, whole: bool = False
+           ) -> tuple[list[str], list[str]]:
   """(train, eval): every n-th record held out; with fewer than 2n records, the last 1/n of
-  each record instead, so that every source has a held-out split."""
+  each record instead (the last record, for `whole` records that cannot be cut), so that
+  every source has a held-out split."""
+  if whole and len(records) < 2 * every_nth:
+    return records[:-1] or records, records[-1:]
   if len(records) >= 2 * every_nth:
     return ([r for i, r in enumerate(records) if i % every_nth != every_nth - 1],
             [r for i, r in enumerate(records) if i % every_nth == every_nth - 1])
@@ -242,11 +308,11 @@ def _split(records: list[str], every_nth: int) -> tuple[list[str], list[str]]:
   return train, held_out
 
 
-def _cache_key(source: str, data: ml_collections.ConfigDict) -> str:
+def _cache_key(source: str, data: ml_collections.ConfigDict, fields: tuple[str, ...] = ()) -> str:
   parts = [FORMAT_VERSION, source, str(data.eval_every_nth), sys.version.split()[0]]
   scheme, _, rest = source.partition(":")
   if scheme == "jsonl":
-    parts.append(data.text_field)
+    parts.append(f"records:{','.join(fields)}" if fields else data.text_field)
   if scheme in ("text", "jsonl"):  # a changed file must not hit a stale cache
     for path in _matching_files(source, rest):
       stat = os.stat(path)
@@ -298,21 +364,22 @@ def _local_builder_class():
 _BUILDER = None
 
 
-def _local_source(source: str, data: ml_collections.ConfigDict) -> Source:
+def _local_source(source: str, data: ml_collections.ConfigDict,
+                  fields: tuple[str, ...] = ()) -> Source:
   global _BUILDER  # pylint: disable=global-statement
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   _BUILDER = _BUILDER or _local_builder_class()
   cache = os.path.abspath(os.path.expanduser(data.cache_dir))
-  data_dir = os.path.join(cache, _cache_key(source, data))
+  data_dir = os.path.join(cache, _cache_key(source, data, fields))
   summary_path = os.path.join(data_dir, "lm_source.json")
   with _exclusive(data_dir + ".lock"):
     if not os.path.exists(summary_path):
-      records, counts, rate = _local_documents(source, data.text_field)
+      records, counts, rate = _local_documents(source, data.text_field, fields)
       records = list(records)
       if not records:
         raise ValueError(f"data.source={source!r}: every document is empty "
                          f"({counts.empty_skipped} skipped)")
-      train, held_out = _split(records, data.eval_every_nth)
+      train, held_out = _split(records, data.eval_every_nth, whole=bool(fields))
       tfds.disable_progress_bar()
       _BUILDER(splits={"train": train, "validation": held_out}, data_dir=data_dir,
                file_format="array_record").download_and_prepare()
@@ -326,18 +393,37 @@ def _local_source(source: str, data: ml_collections.ConfigDict) -> Source:
       f", {summary['empty_skipped']} empty skipped" if summary["empty_skipped"] else "",
       f", {summary['replaced_bytes']} invalid UTF-8 sequences replaced in "
       f"{summary['files_with_invalid_utf8']} files" if summary["replaced_bytes"] else ""])
+  records = JsonRecords if fields else TextRecords
   return Source(
       name=source,
-      train=TextRecords(builder.as_data_source(split="train"), "text"),
-      eval=TextRecords(builder.as_data_source(split="validation"), "text"),
+      train=records(builder.as_data_source(split="train"), "text"),
+      eval=records(builder.as_data_source(split="validation"), "text"),
       entropy_rate=summary["entropy_rate"],
       description=f"{source}: {summary['train']} train / {summary['validation']} held-out "
-                  f"documents{decisions}, prepared in {data_dir}")
+                  f"{'records' if fields else 'documents'}{decisions}, prepared in {data_dir}")
+
+
+def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
+  """builtin:tasks[:name,name]: the built-in instruction tasks' chat records, generated here."""
+  from lm.data import tasks  # pylint: disable=import-outside-toplevel
+  names = [n for n in source.split(":", 2)[2].split(",") if n] if source.count(":") > 1 else None
+  try:
+    train, held_out = tasks.records("train", tasks=names), tasks.records("eval", tasks=names)
+  except ValueError as e:
+    raise ValueError(f"data.source={source!r}: {e}") from e
+  missing = [f for f in fields if f not in train[0]]
+  if missing:
+    raise ValueError(f"data.source={source!r}: its records have no field {missing[0]!r} "
+                     f"(data.fields={','.join(fields)!r}; they have {sorted(train[0])})")
+  return Source(name=source, train=train, eval=held_out, entropy_rate=None,
+                description=f"{source}: {len(train)} train / {len(held_out)} held-out records "
+                            f"of the tasks {sorted({r['task'] for r in train})}")
 
 
 # --- The TFDS catalog -------------------------------------------------------------------------
 
-def _tfds_source(source: str, data: ml_collections.ConfigDict) -> Source:
+def _tfds_source(source: str, data: ml_collections.ConfigDict,
+                 fields: tuple[str, ...] = ()) -> Source:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   spec = source.partition(":")[2]
   data_dir = os.path.expanduser(data.tfds_data_dir) if data.tfds_data_dir else None
@@ -364,9 +450,11 @@ def _tfds_source(source: str, data: ml_collections.ConfigDict) -> Source:
   if "train" not in splits:
     raise ValueError(f"data.source={source!r} has no train split (it has {sorted(splits)})")
   features = builder.info.features
-  if data.text_field not in features:
-    raise ValueError(f"data.text_field={data.text_field!r} is not a feature of {source!r}; "
-                     f"it has {sorted(features.keys())}")
+  for field, name in ([(f, "data.fields") for f in fields] if fields
+                      else [(data.text_field, "data.text_field")]):
+    if field not in features:
+      raise ValueError(f"{name}: {field!r} is not a feature of {source!r}; it has "
+                       f"{sorted(features.keys())}")
   eval_split = next((s for s in TFDS_EVAL_SPLITS if s in splits), None)
   train_split = "train"
   if eval_split is None:  # hold out the last documents of train
@@ -378,19 +466,30 @@ def _tfds_source(source: str, data: ml_collections.ConfigDict) -> Source:
     raise ValueError(f"data.source={source!r} is prepared in {where} in a format without "
                      f"random access; prepare it again with --file_format=array_record "
                      f"into another data.tfds_data_dir") from e
-  return Source(name=source, train=TextRecords(train, data.text_field),
-                eval=TextRecords(held, data.text_field), entropy_rate=None,
+  if fields:
+    train_records, held_records = FeatureRecords(train, fields), FeatureRecords(held, fields)
+  else:
+    train_records, held_records = (TextRecords(train, data.text_field),
+                                   TextRecords(held, data.text_field))
+  return Source(name=source, train=train_records, eval=held_records, entropy_rate=None,
                 description=f"{source}: {len(train)} train documents ({train_split}), "
                             f"{len(held)} held-out ({eval_split}), from {where}")
 
 
-def open_source(data: ml_collections.ConfigDict) -> Source:
-  """The train and held-out documents of `data.source`, prepared on first use."""
+def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = ()) -> Source:
+  """The train and held-out documents of `data.source`, prepared on first use; with
+  `fields`, records (dicts) that have each of them."""
   source = data.source
   scheme = source.partition(":")[0]
   if scheme == "tfds":
-    return _tfds_source(source, data)
+    return _tfds_source(source, data, fields)
+  if source == "builtin:tasks" or source.startswith("builtin:tasks:"):
+    if not fields:
+      raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain "
+                       "does not read; train on them with stage='sft'")
+    return _tasks_source(source, fields)
   if scheme in ("builtin", "synthetic", "text", "jsonl"):
-    return _local_source(source, data)
+    return _local_source(source, data, fields)
   raise ValueError(f"data.source={source!r} has an unknown scheme {scheme!r}; use "
-                   "tfds:<name>, text:<glob>, jsonl:<glob>, builtin:stdlib or synthetic:markov")
+                   "tfds:<name>, text:<glob>, jsonl:<glob>, builtin:stdlib, builtin:tasks "
+                   "or synthetic:markov")

@@ -21,6 +21,9 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<system>", "<user>", "<assistant>", "<end_of_turn>")
+# Private-use characters around the text of a template's {% generation %} blocks, when asked
+# for (lm/data/formats.py finds the assistant's tokens with them).
+GENERATION_START, GENERATION_END = "\ue000", "\ue001"
 
 
 def _with_specials(ids: list[int], tokenizer, add_bos: bool, add_eos: bool,
@@ -356,26 +359,33 @@ class HFTokenizer:
     ids = self._tokenizer.encode(text, add_special_tokens=False).ids
     return _with_specials(ids, self, add_bos, add_eos, f"{self.directory} defines no {{}}_token")
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of `text` (as `encode`) and the [start, end) characters of `text` each stands for."""
+    encoding = self._tokenizer.encode(text, add_special_tokens=False)
+    return encoding.ids, encoding.offsets
+
   def decode(self, ids) -> str:
     """Text of the ids; special tokens are dropped."""
     return self._tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                   skip_special_tokens=True)
 
   def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
-                  **kwargs) -> str:
+                  mark_generation: bool = False, **kwargs) -> str:
     """The conversation as the model was trained to read it, rendered from the chat template
-    in a sandbox exactly as transformers' `apply_chat_template(..., tokenize=False)` does."""
+    in a sandbox exactly as transformers' `apply_chat_template(..., tokenize=False)` does.
+    `mark_generation`: the text of {% generation %} blocks between GENERATION_START and
+    GENERATION_END."""
     if not self.chat_template:
       raise ValueError(f"{self.directory} has no chat template (chat_template.jinja or "
                        "tokenizer_config.json chat_template)")
-    template = _compile_chat_template(self.chat_template)
+    template = _compile_chat_template(self.chat_template, mark_generation)
     return template.render(messages=messages, tools=None, documents=None,
                            add_generation_prompt=add_generation_prompt,
                            **{**self.special_tokens, **kwargs})
 
 
 @functools.lru_cache(maxsize=8)
-def _compile_chat_template(source: str):
+def _compile_chat_template(source: str, mark_generation: bool = False):
   """A sandboxed jinja2 template with the settings and helpers transformers gives templates."""
   # pylint: disable=import-outside-toplevel
   import datetime
@@ -400,7 +410,7 @@ def _compile_chat_template(source: str):
       return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
 
     def _body(self, caller):
-      return caller()
+      return GENERATION_START + caller() + GENERATION_END if mark_generation else caller()
 
   env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                       extensions=[Generation, jinja2.ext.loopcontrols])

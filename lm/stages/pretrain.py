@@ -1,15 +1,20 @@
-"""Pre-training: next-token cross-entropy with a token loss mask and optional z-loss.
+"""Pre-training: next-token cross-entropy on packed documents, with optional z-loss.
 
-A stage supplies the loss for the shared training step. Its contract: given the model's
-apply function, the parameters and a batch, return the *summed* loss and a dict of sums
-that includes `weight` (the number of tokens the loss covers). The step divides by the
-total weight once, after gradient accumulation, so micro-batching never changes the result.
+The loss at the top is a pure function of arrays; the Stage below (lm/train/stage.py is the
+contract) wires it to the packed text batches of lm/data/pipeline.py. SFT reuses the same
+loss with a loss mask that covers only the assistant's tokens.
 """
 
-from typing import Callable
+import math
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lm.data import pipeline as pipeline_lib
+from lm.model import Decoder, ModelConfig
 
 Batch = dict[str, jax.Array]
 
@@ -24,11 +29,74 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Arra
 
 def loss_fn(apply: Callable, params, batch: Batch, z_loss: float = 0.0
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(summed masked nll + z_loss * summed log(Z)^2, sums): `weight` is the number of tokens
+  the mask covers, `loss` the summed nll, `z_loss` the summed log(Z)^2."""
   logits = apply(params, batch["inputs"], positions=batch.get("positions"),
                  segment_ids=batch.get("segment_ids"))  # [B, T, V]
   nll, log_z = token_cross_entropy(logits, batch["targets"])
   mask = batch["loss_mask"].astype(jnp.float32)
   nll_sum = jnp.sum(nll * mask)
   z_sum = jnp.sum(jnp.square(log_z) * mask)
-  sums = {"weight": jnp.sum(mask), "nll": nll_sum, "z_loss": z_sum}
+  sums = {"weight": jnp.sum(mask), "loss": nll_sum, "z_loss": z_sum}
   return nll_sum + z_loss * z_sum, sums
+
+
+def token_eval_metrics(totals: dict[str, float]) -> dict[str, float]:
+  """Loss, perplexity and bits per byte (which compares tokenizers) of the covered tokens."""
+  loss = totals["loss"] / max(totals["weight"], 1.0)
+  return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
+          "eval_bits_per_byte": totals["loss"] / math.log(2) / max(totals["bytes"], 1.0)}
+
+
+class TokenStage:
+  """What pre-training and SFT share: the Decoder, every parameter trained, the token loss."""
+
+  name = "token"
+  fields: tuple[str, ...] = ()  # none: documents as text, from data.text_field
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
+    self.tokenizer = tokenizer
+    self.z_loss = config.train.z_loss
+    self.metric_weights = {"loss": "weight", **({"z_loss": "weight"} if self.z_loss else {})}
+
+  def make_model(self, model_config: ModelConfig) -> Decoder:
+    return Decoder(model_config)
+
+  def partition(self, params: Any) -> tuple[Any, Any]:
+    return params, None
+
+  def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
+    del frozen
+    return loss_fn(apply, params, batch, self.z_loss)
+
+  def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: Batch
+                ) -> dict[str, jax.Array]:
+    del frozen
+    _, sums = loss_fn(apply, params, batch)
+    token_bytes = jnp.asarray(self.tokenizer.token_bytes)
+    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
+    return sums
+
+  def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+    return token_eval_metrics(totals)
+
+  def between_steps(self, state: Any, step: int) -> Any:
+    del step
+    return state
+
+
+class Stage(TokenStage):
+  """Pre-training on documents, packed back to back (lm/data/pipeline.py)."""
+
+  name = "pretrain"
+
+  def train_batches(self, records: Sequence[str], config: ml_collections.ConfigDict,
+                    rows: slice, seed: int) -> pipeline_lib.Batches:
+    return pipeline_lib.train_batches(records, self.tokenizer, config, rows, seed=seed)
+
+  def eval_batches(self, records: Sequence[str], config: ml_collections.ConfigDict,
+                   rows: slice) -> list[dict[str, np.ndarray]]:
+    return pipeline_lib.eval_batches(records, self.tokenizer, config, rows)
+
+  def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+    return pipeline_lib.example_batch(batch_size, seq_len)

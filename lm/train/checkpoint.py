@@ -21,7 +21,6 @@ from lm import config as config_lib
 from lm.model import Decoder
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
-from lm.train import optim
 from lm.train import state as state_lib
 
 PARAMS_DIR = "params"  # parameters alone, as `lm convert --from_hf` writes them
@@ -199,17 +198,17 @@ def restore_params(workdir: str, abstract_params, shardings):
 
 def load_for_inference(workdir: str):
   """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`, or of the
-  parameters an import (`lm convert --from_hf`) wrote."""
+  parameters an import (`lm convert --from_hf`) wrote. Only the parameter subtree is read:
+  no optimizer is built and its state stays on disk."""
   config_path = epath.Path(workdir) / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   model_config = config_lib.model_config(config)
-  model = Decoder(model_config)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  abstract, shardings = state_lib.state_shardings(model, optim.make_optimizer(config.train), mesh,
-                                                  rules_lib.DEFAULT_RULES)
-  params = restore_params(workdir, abstract.params, shardings.params)
+  abstract, shardings = state_lib.abstract_params_and_shardings(
+      Decoder(model_config), mesh, rules_lib.DEFAULT_RULES)
+  params = restore_params(workdir, abstract, shardings)
   if params is None:
     raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
   return config, model_config, params

@@ -1,16 +1,20 @@
-"""train_and_evaluate(config, workdir): the training loop, readable top to bottom.
+"""train_and_evaluate(config, workdir, stage): the training loop, readable top to bottom.
 
-Set-up (tokenizer, model, mesh, validation, data), then state (restored from the newest
-checkpoint in `workdir`, else initialised sharded), then one `for step` loop with a jitted,
-donated step and three periodic jobs: log, evaluate, checkpoint. The loss comes from the
-stage (`config.stage`), so later stages reuse this loop with their own loss and batches.
-A step with a non-finite loss or gradient, or a loss spike, applies no update; with
-`train.on_nonfinite="stop"` the loop raises at its next log, eval or checkpoint step, before
-saving (lm/train/guard.py).
+Three parts, one function each: `set_up` (tokenizer, model, mesh, validation, data: every
+error from bad input happens here, before compiling), `initial_state` (restored from the
+newest checkpoint in `workdir`, else initialised sharded, from imported parameters when
+`init_from` says so), and `run_steps` (one `for step` loop with a jitted, donated step,
+the stage's hook, and three periodic jobs: log, evaluate, checkpoint).
+
+The loop knows no stage: the stage class it is given (lm/train/stage.py is the contract)
+supplies the batches, the module, the split into trainable and frozen parameters, the loss
+and the metrics. A step with a non-finite loss or gradient, or a loss spike, applies no
+update; with `train.on_nonfinite="stop"` the loop raises at its next log, eval or checkpoint
+step, before saving (lm/train/guard.py).
 """
 
+import dataclasses
 import json
-import math
 import time
 from typing import Any, Callable
 
@@ -20,18 +24,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
 
 from lm import config as config_lib
 from lm.data import pipeline as pipeline_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import convert as init_from_lib
-from lm.model import Decoder
+from lm.model import ModelConfig
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
-from lm.stages import pretrain
 from lm.train import checkpoint as checkpoint_lib
 from lm.train import guard as guard_lib
 from lm.train import metrics as metrics_lib
@@ -39,43 +42,48 @@ from lm.train import optim
 from lm.train import preemption
 from lm.train import state as state_lib
 from lm.train import workdir as workdir_lib
+from lm.train.stage import Stage, StageType
 
-STAGES = {"pretrain": pretrain}
 
-
-def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: Callable,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, stage: Stage,
                     train_config: ml_collections.ConfigDict) -> Callable:
   """(state, batch) -> (state, metrics): gradient accumulation, one optimizer update unless
-  the guard refuses it (lm/train/guard.py: non-finite values, loss spikes)."""
+  the guard refuses it (lm/train/guard.py: non-finite values, loss spikes). Only
+  `state.params` is differentiated; `state.frozen` is read as it is."""
   schedule = optim.learning_rate_schedule(train_config)
-  accum, z_loss = train_config.grad_accum, train_config.z_loss
+  accum = train_config.grad_accum
   guard_args = dict(spike_sigma=train_config.spike_sigma, spike_window=train_config.spike_window,
                     stop=train_config.on_nonfinite == "stop")
 
   def apply(params, tokens, **kwargs):
     return model.apply({"params": params}, tokens, **kwargs)
 
-  grad_fn = jax.grad(lambda p, b: loss_fn(apply, p, b, z_loss), has_aux=True)
+  grad_fn = jax.grad(lambda p, f, b: stage.loss(apply, p, f, b), has_aux=True)
 
   def train_step(state: state_lib.TrainState, batch: dict[str, jax.Array]):
     if accum == 1:
-      grads, sums = grad_fn(state.params, batch)
+      grads, sums = grad_fn(state.params, state.frozen, batch)
     else:
       # Micro-batch i takes rows i, i + accum, ...: every device keeps an equal share.
       micro = jax.tree.map(
           lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
           batch)  # [A, B / A, T]
-      zeros = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], micro))
+      zeros = jax.eval_shape(grad_fn, state.params, state.frozen,
+                             jax.tree.map(lambda x: x[0], micro))
       zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
 
       def add_micro_batch(total, micro_batch):
-        return jax.tree.map(jnp.add, total, grad_fn(state.params, micro_batch)), None
+        return jax.tree.map(jnp.add, total, grad_fn(state.params, state.frozen,
+                                                    micro_batch)), None
 
       (grads, sums), _ = jax.lax.scan(add_micro_batch, zeros, micro)
     weight = jnp.maximum(sums["weight"], 1.0)
-    grads = jax.tree.map(lambda g: g / weight, grads)  # token-mean over the whole batch
-    loss, grad_norm = sums["nll"] / weight, optax.tree.norm(grads)
-    ok, guard = guard_lib.check(state.guard, state.step, loss, grad_norm, **guard_args)
+    grads = jax.tree.map(lambda g: g / weight, grads)  # the mean over the whole batch
+    averaged = {name: sums[name] / jnp.maximum(sums[by], 1.0)
+                for name, by in stage.metric_weights.items()}
+    grad_norm = optax.tree.norm(grads)
+    ok, guard = guard_lib.check(state.guard, state.step, averaged["loss"], grad_norm,
+                                **guard_args)
 
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -86,37 +94,30 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: C
       return state.params, guard_lib.counters_only(opt_state, state.opt_state)
 
     params, opt_state = jax.lax.cond(ok, update, refuse, None)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+    metrics = {"loss": averaged["loss"], "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped": 1.0 - ok.astype(jnp.float32),
-               "skipped_updates": guard.skipped.astype(jnp.float32)}
-    if z_loss:
-      metrics["z_loss"] = sums["z_loss"] / weight
+               "skipped_updates": guard.skipped.astype(jnp.float32), **averaged}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          guard=guard), metrics
 
   return train_step
 
 
-def make_eval_step(model: Decoder, loss_fn: Callable, token_bytes: np.ndarray) -> Callable:
-  """params, batch -> sums of nll, tokens and bytes (bits per byte compares tokenizers)."""
-  token_bytes = jnp.asarray(token_bytes)
-
-  def eval_step(params, batch):
-    _, sums = loss_fn(lambda p, t, **kw: model.apply({"params": p}, t, **kw), params, batch)
-    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
-    return sums
-
+def make_eval_step(model: nn.Module, stage: Stage) -> Callable:
+  """(params, frozen, batch) -> the stage's evaluation sums for one batch."""
+  def eval_step(params, frozen, batch):
+    return stage.eval_sums(lambda p, t, **kw: model.apply({"params": p}, t, **kw), params,
+                           frozen, batch)
   return eval_step
 
 
-def evaluate(eval_step: Callable, params, eval_batches: list) -> dict[str, float]:
+def evaluate(eval_step: Callable, state: state_lib.TrainState, eval_batches: list,
+             stage: Stage) -> dict[str, float]:
   totals: dict[str, float] = {}
   for batch in eval_batches:
-    for name, value in jax.device_get(eval_step(params, batch)).items():
+    for name, value in jax.device_get(eval_step(state.params, state.frozen, batch)).items():
       totals[name] = totals.get(name, 0.0) + float(value)
-  loss = totals["nll"] / max(totals["weight"], 1.0)
-  return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-          "eval_bits_per_byte": totals["nll"] / math.log(2) / max(totals["bytes"], 1.0)}
+  return stage.eval_metrics(totals)
 
 
 def raise_if_nonfinite(state: state_lib.TrainState, manager, to_close: list) -> None:
@@ -139,156 +140,207 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns last metrics."""
-  t = config.train
-  is_main = jax.process_index() == 0
+@dataclasses.dataclass
+class Setup:
+  """Everything a run needs before its state exists, checked against the config."""
+  config: ml_collections.ConfigDict   # init_from resolved
+  stage: Stage
+  tokenizer: Any
+  model_config: ModelConfig
+  model: nn.Module
+  mesh: Mesh
+  rules: rules_lib.Rules
+  source: sources.Source
+  tx: optax.GradientTransformation
+  abstract_state: state_lib.TrainState
+  shardings: state_lib.TrainState
+  data_sharding: NamedSharding
+  rows: slice                          # this process's rows of each global batch
+  config_json: dict                    # saved in every checkpoint
 
-  # Set-up: everything that can fail on bad input fails here, before compiling.
-  if config.stage not in STAGES:
-    raise ValueError(f"stage={config.stage!r} is not one of {sorted(STAGES)}")
-  stage = STAGES[config.stage]
+  def to_global(self, batch: dict) -> dict[str, jax.Array]:
+    batch_size = self.config.train.batch_size
+    return {k: jax.make_array_from_process_local_data(self.data_sharding, v,
+                                                      (batch_size, *v.shape[1:]))
+            for k, v in batch.items()}
+
+  def train_batches(self, seed: int):
+    return self.stage.train_batches(self.source.train, self.config, self.rows, seed)
+
+
+def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageType) -> Setup:
+  """Everything that can fail on bad input fails here, before compiling."""
   if config.init_from:  # the import fixes model.* and data.tokenizer (saved in config.json)
     config = init_from_lib.resolve(config)
+  t = config.train
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
+  stage = stage_type(config, tokenizer)
   model_config = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = rules_lib.make_rules(config.mesh.rules)
   config_lib.validate(config, model_config, tokenizer.vocab_size, dict(mesh.shape))
-  model = Decoder(model_config)
+  model = stage.make_model(model_config)
   rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
-  source = sources.open_source(config.data)
+  source = sources.open_source(config.data, config_lib.data_fields(config, stage))
   tx = optim.make_optimizer(t)
-  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
-  config_json = json.loads(config.to_json_best_effort())  # saved in every checkpoint
-  num_params = state_lib.count_params(abstract_state.params)
-  flops_per_step = state_lib.flops_per_token(model_config, t.seq_len) * t.batch_size * t.seq_len
-  peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
   data_sharding = rules_lib.batch_sharding(mesh)
-  rows = rules_lib.process_rows(data_sharding, t.batch_size)  # this process's share
-  train_data = pipeline_lib.train_batches(source.train, tokenizer, config, rows)
+  return Setup(config=config, stage=stage, tokenizer=tokenizer, model_config=model_config,
+               model=model, mesh=mesh, rules=rules, source=source, tx=tx,
+               abstract_state=abstract_state, shardings=shardings,
+               data_sharding=data_sharding,
+               rows=rules_lib.process_rows(data_sharding, t.batch_size),
+               config_json=json.loads(config.to_json_best_effort()))
 
-  def to_global(batch):
-    return {k: jax.make_array_from_process_local_data(data_sharding, v,
-                                                      (t.batch_size, *v.shape[1:]))
-            for k, v in batch.items()}
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    # State: resume from the newest checkpoint, or initialise directly in sharded form.
-    manager = checkpoint_lib.make_manager(workdir, t.keep_checkpoints)
-    restored = checkpoint_lib.restore_latest(manager, abstract_state, shardings,
-                                             train_data.shards,
-                                             workdir_lib.resume_check(config_json, workdir))
-    if restored is None and config.init_from:
-      params = init_from_lib.load_params(config.init_from, model_config, shardings.params)
-      state = state_lib.train_state_from_params(tx, params, shardings)
-    elif restored is None:
-      state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
+def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
+  """(state, training batches, restored): the newest checkpoint in `workdir` with its data
+  position, else step 0 from `init_from`'s parameters or a fresh initialisation."""
+  config, stage = setup.config, setup.stage
+  train_data = setup.train_batches(config.seed)
+  restored = checkpoint_lib.restore_latest(manager, setup.abstract_state, setup.shardings,
+                                           train_data.shards,
+                                           workdir_lib.resume_check(setup.config_json, workdir))
+  if restored is None and config.init_from:  # the whole tree, before the stage splits it
+    _, param_shardings = state_lib.abstract_params_and_shardings(setup.model, setup.mesh,
+                                                                 setup.rules)
+    params = init_from_lib.load_params(config.init_from, setup.model_config, param_shardings)
+    state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition)
+  elif restored is None:
+    state = state_lib.create_train_state(setup.model, setup.tx, jax.random.key(config.seed),
+                                         setup.shardings, stage.partition)
+  else:
+    state, data_state = restored
+  if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
+    save_config(config, workdir)
+  if restored is not None:  # continue the input streams where the checkpoint left them
+    reason = pipeline_lib.why_not_resumable(train_data, data_state)
+    if reason is None:
+      train_data.set_state(data_state)
     else:
-      state, data_state = restored
-    start_step, skipped = (int(x) for x in jax.device_get((state.step, state.guard.skipped)))
-    if is_main:  # only now: a config the checkpoints refused must not replace theirs
-      save_config(config, workdir)
-    if restored is not None:  # continue the input streams where the checkpoint left them
-      reason = pipeline_lib.why_not_resumable(train_data, data_state)
-      if reason is None:
-        train_data.set_state(data_state)
-      else:
-        logging.warning("The data position in the checkpoint at step %d does not apply (%s); "
-                        "the input streams restart with a new shuffle (seed %d + step)",
-                        start_step, reason, config.seed)
-        train_data.close()
-        train_data = pipeline_lib.train_batches(source.train, tokenizer, config, rows,
-                                                seed=config.seed + start_step)
+      start_step = int(jax.device_get(state.step))
+      logging.warning("The data position in the checkpoint at step %d does not apply (%s); "
+                      "the input streams restart with a new shuffle (seed %d + step)",
+                      start_step, reason, config.seed)
+      train_data.close()
+      train_data = setup.train_batches(config.seed + start_step)
+  return state, train_data, restored is not None
 
-    train_step = jax.jit(make_train_step(model, tx, stage.loss_fn, t),
-                         in_shardings=(shardings, data_sharding),
-                         out_shardings=(shardings, rules_lib.replicated(mesh)),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, stage.loss_fn, tokenizer.token_bytes),
-                        in_shardings=(shardings.params, data_sharding))
-    eval_data = [to_global(b) for b in pipeline_lib.eval_batches(source.eval, tokenizer,
-                                                                  config, rows)]
 
-    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, start_step=start_step)
-    progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
-    progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
-                     f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters, "
-                     f"mesh {dict(mesh.shape)}, workdir {workdir}"
-                     + (f", from {config.init_from}" if config.init_from and not restored else ""))
-    logging.info("Data: %s", source.description)
-    if source.entropy_rate is not None:
-      progress.message(f"The source's entropy rate, the lowest reachable loss: "
-                       f"{source.entropy_rate:.4f} nats/token")
-    last_metrics: dict[str, Any] = {"step": start_step}
-    timer_step, timer_start = start_step, time.perf_counter()
-    log_step = start_step
+def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_data, manager,
+              restored: bool) -> dict[str, Any]:
+  """The step loop, from the state's step to `train.steps`; returns the last metrics."""
+  config, stage, t = setup.config, setup.stage, setup.config.train
+  is_main = jax.process_index() == 0
+  shardings, mesh = setup.shardings, setup.mesh
+  train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
+                       in_shardings=(shardings, setup.data_sharding),
+                       out_shardings=(shardings, rules_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(setup.model, stage),
+                      in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
+  eval_data = [setup.to_global(b)
+               for b in stage.eval_batches(setup.source.eval, config, setup.rows)]
+  flops_per_step = (state_lib.flops_per_token(setup.model_config, t.seq_len)
+                    * t.batch_size * t.seq_len)
+  peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
 
-    with preemption.StopRequest() as stop_request:
-      for step in range(start_step, t.steps):
-        batch = to_global(next(train_data))
-        state, step_metrics = train_step(state, batch)
-        done = step + 1
-        stop = stop_request.should_stop(done)  # SIGTERM / SIGINT: save this step and return
+  start_step, skipped = (int(x) for x in jax.device_get((state.step, state.guard.skipped)))
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, start_step=start_step)
+  progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
+  num_params = state_lib.count_params(setup.abstract_state.params)
+  num_frozen = state_lib.count_params(setup.abstract_state.frozen)
+  progress.message(f"{'Resuming from checkpoint at' if restored else 'Starting at'} step "
+                   f"{start_step} of {t.steps}: {num_params / 1e6:.2f}M parameters"
+                   + (f" (+{num_frozen / 1e6:.2f}M frozen)" if num_frozen else "")
+                   + f", mesh {dict(mesh.shape)}, workdir {workdir}"
+                   + (f", from {config.init_from}" if config.init_from and not restored else ""))
+  logging.info("Data: %s", setup.source.description)
+  if setup.source.entropy_rate is not None:
+    progress.message(f"The source's entropy rate, the lowest reachable loss: "
+                     f"{setup.source.entropy_rate:.4f} nats/token")
+  last_metrics: dict[str, Any] = {"step": start_step}
+  timer_step, timer_start = start_step, time.perf_counter()
+  log_step = start_step
 
-        if step == start_step:  # the first step compiles: keep it out of later tokens/s
-          jax.block_until_ready(step_metrics)
-          first_step_seconds = time.perf_counter() - timer_start
-          logging.info("First step (compile included) took %.1fs", first_step_seconds)
-          timer_step, timer_start = done, time.perf_counter()
+  with preemption.StopRequest() as stop_request:
+    for step in range(start_step, t.steps):
+      batch = setup.to_global(next(train_data))
+      state, step_metrics = train_step(state, batch)
+      state = stage.between_steps(state, step + 1)
+      done = step + 1
+      stop = stop_request.should_stop(done)  # SIGTERM / SIGINT: save this step and return
 
-        if done % t.log_every == 0 or done == t.steps or stop:
-          host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-          if done > timer_step:
-            seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
-          else:  # only the compiling step so far
-            seconds_per_step = first_step_seconds
-          host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
-          host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
-          writer.write(done, host_metrics)
-          newly_skipped = int(host_metrics["skipped_updates"]) - skipped
-          skipped += newly_skipped
-          progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
-                          host_metrics["mfu"], seconds_per_step,
-                          extra=f" | {skipped} skipped" if skipped else "")
-          if newly_skipped:
-            logging.warning("%d of the %d updates up to step %d were skipped (a non-finite "
-                            "loss or gradient norm, or a loss spike); %d in all", newly_skipped,
-                            done - log_step, done, skipped)
-          last_metrics = {"step": done, **host_metrics}
-          timer_step, timer_start, log_step = done, time.perf_counter(), done
+      if step == start_step:  # the first step compiles: keep it out of later tokens/s
+        jax.block_until_ready(step_metrics)
+        first_step_seconds = time.perf_counter() - timer_start
+        logging.info("First step (compile included) took %.1fs", first_step_seconds)
+        timer_step, timer_start = done, time.perf_counter()
 
-        if t.on_nonfinite == "stop" and (stop or done == t.steps or 0 in (
-            done % t.log_every, done % t.eval_every, done % t.checkpoint_every)):
-          raise_if_nonfinite(state, manager, [train_data, progress, writer])
+      if done % t.log_every == 0 or done == t.steps or stop:
+        host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if done > timer_step:
+          seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
+        else:  # only the compiling step so far
+          seconds_per_step = first_step_seconds
+        host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
+        host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
+        writer.write(done, host_metrics)
+        newly_skipped = int(host_metrics["skipped_updates"]) - skipped
+        skipped += newly_skipped
+        progress.update(done, host_metrics["loss"], host_metrics["tokens_per_sec"],
+                        host_metrics["mfu"], seconds_per_step,
+                        extra=f" | {skipped} skipped" if skipped else "")
+        if newly_skipped:
+          logging.warning("%d of the %d updates up to step %d were skipped (a non-finite "
+                          "loss or gradient norm, or a loss spike); %d in all", newly_skipped,
+                          done - log_step, done, skipped)
+        last_metrics = {"step": done, **host_metrics}
+        timer_step, timer_start, log_step = done, time.perf_counter(), done
 
-        if done % t.eval_every == 0 or done == t.steps:
-          eval_metrics = evaluate(eval_step, state.params, eval_data)
-          writer.write(done, eval_metrics)
-          progress.message(f"eval at step {done}: loss {eval_metrics['eval_loss']:.4f} | "
-                           f"ppl {eval_metrics['eval_perplexity']:.2f} | "
-                           f"bits/byte {eval_metrics['eval_bits_per_byte']:.4f}")
-          last_metrics.update(eval_metrics)
-          timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
+      if t.on_nonfinite == "stop" and (stop or done == t.steps or 0 in (
+          done % t.log_every, done % t.eval_every, done % t.checkpoint_every)):
+        raise_if_nonfinite(state, manager, [train_data, progress, writer])
 
-        if done % t.checkpoint_every == 0 or done == t.steps or stop:
-          # Async: training waits only for the device-to-host copy, measured here.
-          save_start = time.perf_counter()
-          checkpoint_lib.save(manager, state, train_data.get_state(), config_json, force=stop)
-          writer.write(done, {"checkpoint_blocking_seconds": time.perf_counter() - save_start})
+      if done % t.eval_every == 0 or done == t.steps:
+        eval_metrics = evaluate(eval_step, state, eval_data, stage)
+        writer.write(done, eval_metrics)
+        progress.message(f"eval at step {done}: " + " | ".join(
+            f"{name.removeprefix('eval_')} {value:.4f}" for name, value in eval_metrics.items()))
+        last_metrics.update(eval_metrics)
+        timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
 
-        if stop:
-          progress.message(f"Stopped at step {done} as asked: checkpoint saved in {workdir}; "
-                           "run the same command to resume")
-          last_metrics["stopped_early"] = True
-          break
+      if done % t.checkpoint_every == 0 or done == t.steps or stop:
+        # Async: training waits only for the device-to-host copy, measured here.
+        save_start = time.perf_counter()
+        checkpoint_lib.save(manager, state, train_data.get_state(), setup.config_json,
+                            force=stop)
+        writer.write(done, {"checkpoint_blocking_seconds": time.perf_counter() - save_start})
 
+      if stop:
+        progress.message(f"Stopped at step {done} as asked: checkpoint saved in {workdir}; "
+                         "run the same command to resume")
+        last_metrics["stopped_early"] = True
+        break
+
+  progress.close()
+  writer.close()
+  if setup.source.entropy_rate is not None:
+    last_metrics["entropy_rate"] = setup.source.entropy_rate
+  return last_metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       stage_type: StageType) -> dict[str, Any]:
+  """Trains `config` with `stage_type` (a Stage class, e.g. `lm.stages.get(config.stage)`)
+  in `workdir`, resuming from its newest checkpoint; returns the last metrics."""
+  setup = set_up(config, workdir, stage_type)
+  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+    manager = checkpoint_lib.make_manager(workdir, config.train.keep_checkpoints)
+    state, train_data, restored = initial_state(setup, workdir, manager)
+    last_metrics = run_steps(setup, workdir, state, train_data, manager, restored)
     manager.wait_until_finished()
     manager.close()
     train_data.close()
-    progress.close()
-    writer.close()
-  if source.entropy_rate is not None:
-    last_metrics["entropy_rate"] = source.entropy_rate
   return last_metrics

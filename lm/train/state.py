@@ -3,9 +3,14 @@
 Initialisation never materialises an unsharded state: `jax.eval_shape` gives the shapes
 and logical axes, the rules turn them into shardings, and `jax.jit(init, out_shardings=...)`
 creates every array directly on its devices (flax lm1b's `setup_initial_state`).
+
+A stage's `partition` (lm/train/stage.py) splits the model's parameter tree into the
+trainable `params`, which the optimizer sees, and the `frozen` tree beside them (None for
+stages that train everything); it is applied to the shardings too, so both trees are laid out
+by the same logical-axis rules.
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -14,7 +19,7 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from lm.model import Decoder, ModelConfig
+from lm.model import ModelConfig
 from lm.parallel import rules as rules_lib
 from lm.train import guard as guard_lib
 
@@ -24,23 +29,39 @@ class TrainState(struct.PyTreeNode):
   params: Any       # float32 parameter tree (unboxed)
   opt_state: Any    # optax state, sharded like the parameters
   guard: guard_lib.Guard  # replicated scalars: skipped updates, loss statistics (guard.py)
+  frozen: Any = None  # float32 parameters the stage reads but never updates (or None)
 
 
-def init_params(model: Decoder, key: jax.Array) -> Any:
+Partition = Callable[[Any], tuple[Any, Any]]  # params -> (trainable, frozen)
+
+
+def train_everything(params: Any) -> tuple[Any, None]:
+  return params, None
+
+
+def init_params(model: nn.Module, key: jax.Array) -> Any:
   """Boxed parameters (each leaf carries its logical axis names)."""
   return model.init(key, jnp.zeros((1, 8), jnp.int32))["params"]
 
 
-def abstract_boxed_params(model: Decoder) -> Any:
+def abstract_boxed_params(model: nn.Module) -> Any:
   return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
 
 
-def state_shardings(model: Decoder, tx: optax.GradientTransformation, mesh: Mesh,
-                    rules: rules_lib.Rules) -> tuple[TrainState, TrainState]:
-  """(abstract state, shardings): optimizer leaves shaped like a parameter get its sharding."""
+def abstract_params_and_shardings(model: nn.Module, mesh: Mesh, rules: rules_lib.Rules
+                                  ) -> tuple[Any, Any]:
+  """(abstract parameter tree, its shardings) of the whole model, before any partition."""
   boxed = abstract_boxed_params(model)
-  params = nn.unbox(boxed)
-  param_shardings = rules_lib.logical_shardings(boxed, mesh, rules)
+  return nn.unbox(boxed), rules_lib.logical_shardings(boxed, mesh, rules)
+
+
+def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh,
+                    rules: rules_lib.Rules, partition: Partition = train_everything
+                    ) -> tuple[TrainState, TrainState]:
+  """(abstract state, shardings): optimizer leaves shaped like a parameter get its sharding."""
+  all_params, all_shardings = abstract_params_and_shardings(model, mesh, rules)
+  params, frozen = partition(all_params)
+  param_shardings, frozen_shardings = partition(all_shardings)
   opt_state = jax.eval_shape(tx.init, params)
   replicated = rules_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(
@@ -48,28 +69,36 @@ def state_shardings(model: Decoder, tx: optax.GradientTransformation, mesh: Mesh
       opt_state, param_shardings, params, transform_non_params=lambda _: replicated)
   guard = jax.eval_shape(guard_lib.init)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                        opt_state=opt_state, guard=guard)
+                        opt_state=opt_state, guard=guard, frozen=frozen)
   shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                         guard=jax.tree.map(lambda _: replicated, guard))
+                         guard=jax.tree.map(lambda _: replicated, guard),
+                         frozen=frozen_shardings)
   return abstract, shardings
 
 
-def create_train_state(model: Decoder, tx: optax.GradientTransformation, key: jax.Array,
-                       shardings: TrainState) -> TrainState:
+def _state_at_step_0(tx: optax.GradientTransformation, params: Any,
+                     partition: Partition) -> TrainState:
+  trainable, frozen = partition(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state=tx.init(trainable), guard=guard_lib.init(), frozen=frozen)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array,
+                       shardings: TrainState, partition: Partition = train_everything
+                       ) -> TrainState:
   def init(key):
-    params = nn.unbox(init_params(model, key))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      guard=guard_lib.init())
+    return _state_at_step_0(tx, nn.unbox(init_params(model, key)), partition)
   return jax.jit(init, out_shardings=shardings)(key)
 
 
 def train_state_from_params(tx: optax.GradientTransformation, params: Any,
-                            shardings: TrainState) -> TrainState:
-  """Step 0 with given (already sharded) parameters, e.g. imported ones; fresh optimizer."""
-  def init(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      guard=guard_lib.init())
-  return jax.jit(init, in_shardings=(shardings.params,), out_shardings=shardings)(params)
+                            shardings: TrainState, partition: Partition = train_everything
+                            ) -> TrainState:
+  """Step 0 from the model's whole parameter tree (already sharded), e.g. imported
+  parameters; fresh optimizer."""
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  return jax.jit(lambda p: _state_at_step_0(tx, p, partition),
+                 in_shardings=(param_shardings,), out_shardings=shardings)(params)
 
 
 def count_params(params: Any) -> int:

@@ -53,7 +53,7 @@ def reference(tmp_path_factory, data_cache):
   assert jax.device_count() == 1
   workdir = str(tmp_path_factory.mktemp("single_device"))
   jax_config = worker.make_config(mesh_overrides((1, 1, 1), data_cache))
-  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
   train_and_evaluate(jax_config, workdir)
   return losses(workdir)
 
@@ -110,7 +110,7 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path, data_cache
   assert "5" in os.listdir(os.path.join(multi, "checkpoints"))
 
   # Resume the two-process checkpoint on this process's single device and train on.
-  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
   train_and_evaluate(worker.make_config({**mesh_overrides((1, 1, 1), data_cache),
                                          "train.steps": 7}), multi)
   resumed = losses(multi)

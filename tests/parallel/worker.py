@@ -17,7 +17,7 @@ from lm.parallel import rules as rules_lib
 from lm.model import Decoder
 from lm.train import optim
 from lm.train import state as state_lib
-from lm.train.loop import train_and_evaluate
+from lm.stages import train_and_evaluate
 
 
 def make_config(overrides: dict):

@@ -12,7 +12,7 @@ import pytest
 from lm import config as config_lib
 from lm.train import checkpoint as checkpoint_lib
 from lm.train import guard as guard_lib
-from lm.train.loop import train_and_evaluate
+from lm.stages import train_and_evaluate
 
 # Warmup from 0 over one step: step 2 is the first with lr 1e30. Its update leaves parameters
 # of ~1e30, finite, but the gradient of step 3 is not: step 2 is the last good update.

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from lm.train.loop import train_and_evaluate
+from lm.stages import train_and_evaluate
 
 
 def read_metrics(workdir):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from lm.train.loop import train_and_evaluate
+from lm.stages import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config=configs/tiny.py:synthetic", "--config.train.batch_size=8",

@@ -12,8 +12,12 @@ grad_accum / (data * fsdp) sequences of T), d = D / ways(act_embed), n = N / way
 k = K / ways(kv_heads), f = F / ways(act_mlp), v = V / ways(act_vocab); s bytes per element
 of the compute dtype (`model.dtype`).
 
+It sits above lm/train/ and lm/stages/ (it builds the stage's real training step), so that
+lm/parallel/ stays below them.
+
 Memory per device:
-  parameters       float32, sharded by the rules.
+  parameters       float32, sharded by the rules: the trainable ones, and the stage's frozen
+                   ones (a reference model, a LoRA base) beside them, sharded alike.
   gradients        float32, sharded like the parameters; twice that with grad_accum > 1
                    (the running sum and the micro-batch's gradient).
   optimizer state  the real optax state (`jax.eval_shape(tx.init, params)`) laid out as
@@ -69,15 +73,16 @@ import optax
 from jax.sharding import AbstractMesh, AxisType
 
 from lm import config as config_lib
-from lm.data import pipeline as pipeline_lib
+from lm import stages
 from lm.data import tokenizer as tokenizer_lib
-from lm.model import Decoder, ModelConfig
+from lm.model import ModelConfig
 from lm.parallel import mesh as mesh_lib
 from lm.parallel.accelerators import ACCELERATORS, GiB, Accelerator, local_accelerator
 from lm.parallel import rules as rules_lib
 from lm.train import loop as loop_lib
 from lm.train import optim
 from lm.train import state as state_lib
+from lm.train.stage import Stage
 
 REALISTIC_MFU = 0.4
 
@@ -158,7 +163,7 @@ class Plan:
   micro_batch: int            # sequences per device in one micro-batch
   optimizer: str
   # Bytes per device.
-  params: float
+  params: float               # the trainable parameters
   gradients: float
   optimizer_state: float
   activations: Activations
@@ -166,10 +171,13 @@ class Plan:
   hbm_traffic: float          # bytes per chip per step, a lower bound
   compiled: Compiled | None = None
   notes: tuple[str, ...] = ()
+  frozen: float = 0.0         # the stage's frozen parameters (outside the optimizer)
+  num_frozen: int = 0
 
   @property
   def total(self) -> float:
-    return self.params + self.gradients + self.optimizer_state + self.activations.total
+    return (self.params + self.frozen + self.gradients + self.optimizer_state
+            + self.activations.total)
 
   @property
   def fits(self) -> bool:
@@ -288,10 +296,11 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   sizes = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, count)))
   model_config = config_lib.model_config(config)
   t = config.train
-  config_lib.validate(config, model_config, tokenizer_lib.get(config.data.tokenizer).vocab_size,
-                      sizes)
+  tokenizer = tokenizer_lib.get(config.data.tokenizer)
+  config_lib.validate(config, model_config, tokenizer.vocab_size, sizes)
+  stage = stages.get(config.stage)(config, tokenizer)
   rules = rules_lib.make_rules(config.mesh.get("rules", "") or "")
-  model = Decoder(model_config)
+  model = stage.make_model(model_config)
   tx = optim.make_optimizer(t)
 
   notes = []
@@ -301,8 +310,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
     notes.append(f"training would refuse this layout ({e}); sizes here round up")
 
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * 3)
-  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   params = _per_device_bytes(abstract.params, shardings.params, sizes)
+  frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)
   opt_state = _per_device_bytes(abstract.opt_state, shardings.opt_state, sizes)
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
@@ -311,8 +321,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
   model_axes = {a: 1 if a in batch_axes else size for a, size in sizes.items()}  # gathered
   num_layers = model_config.num_layers
-  block_gathered = _block_bytes(abstract.params, shardings.params, model_axes, num_layers)
-  block_matrices = _block_bytes(abstract.params, shardings.params, sizes, num_layers,
+  all_params, all_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
+  block_gathered = _block_bytes(all_params, all_shardings, model_axes, num_layers)
+  block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
   activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
                                  model_axes, block_matrices, block_gathered)
@@ -325,8 +336,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
 
   compiled = None
   if compile_step or (compile_step is None and is_local and not notes):
-    compiled = compile_memory(config, model, tx, rules)
+    compiled = compile_memory(config, stage, model, tx, rules)
   return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
+              frozen=frozen, num_frozen=state_lib.count_params(abstract.frozen),
               accelerator=acc, num_devices=count, mesh=sizes, batch_size=t.batch_size,
               seq_len=t.seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
               optimizer=t.optimizer, params=params, gradients=gradients,
@@ -336,7 +348,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes))
 
 
-def compile_memory(config: ml_collections.ConfigDict, model: Decoder,
+def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
                    tx: optax.GradientTransformation, rules: rules_lib.Rules) -> Compiled:
   """XLA's memory analysis of the real training step, compiled for the local devices.
 
@@ -345,12 +357,12 @@ def compile_memory(config: ml_collections.ConfigDict, model: Decoder,
   """
   t = config.train
   mesh = mesh_lib.make_mesh(config.mesh)
-  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   data_sharding = rules_lib.batch_sharding(mesh)
-  example = pipeline_lib.example_batch(t.batch_size, t.seq_len)
+  example = stage.example_batch(t.batch_size, t.seq_len)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharding)
            for k, v in example.items()}
-  step = loop_lib.make_train_step(model, tx, loop_lib.STAGES[config.stage].loss_fn, t)
+  step = loop_lib.make_train_step(model, tx, stage, t)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     compiled = jax.jit(step, in_shardings=(shardings, data_sharding),
                        out_shardings=(shardings, rules_lib.replicated(mesh)),
@@ -374,12 +386,13 @@ def format_plan(p: Plan) -> str:
   m, c, a = p.model, p.compiled, p.activations
   unit, scale = ("GiB", GiB) if p.total >= GiB else ("MiB", 2 ** 20)
   rows = [("parameters (float32)", p.params, None),
+          *([("frozen parameters (float32)", p.frozen, None)] if p.num_frozen else []),
           ("gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
            p.gradients, None),
           (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
   if c:
-    rows += [("  parameters + optimizer state", p.params + p.optimizer_state,
+    rows += [("  parameters + optimizer state", p.params + p.frozen + p.optimizer_state,
               (c.argument, "XLA arguments: state + batch")),
              ("  gradients + activations", p.gradients + a.total, (c.temp, "XLA temporaries"))]
   rows.append(("total", p.total, (c.total, "arguments + outputs - aliased + temporaries")
@@ -389,7 +402,8 @@ def format_plan(p: Plan) -> str:
   if c:
     header += f"{'compiled ' + unit:>14s}  (XLA on {c.device_kind})"
   lines = [
-      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters, on "
+      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters"
+      + (f" (+{p.num_frozen / 1e9:.3f}B frozen)" if p.num_frozen else "") + ", on "
       f"{p.num_devices} x {p.accelerator.name} (mesh {mesh})",
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
       f"{p.batch_size} / grad_accum {p.grad_accum} / data*fsdp "

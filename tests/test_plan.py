@@ -14,11 +14,11 @@ from jax._src.ad_checkpoint import saved_residuals  # what print_saved_residuals
 
 from lm import config as config_lib
 from lm.model import Decoder, presets
-from lm.parallel import plan as plan_lib
+from lm import plan as plan_lib
 from lm.stages import pretrain
 from lm.train import state as state_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_config(preset: str, fsdp: int = -1, data: int = 1, tensor: int = 1,
@@ -171,8 +171,8 @@ def test_saved_activations_match_what_jax_saves(family, remat, dtype):
 
 def test_analytic_memory_matches_xla_on_8_cpu_devices():
   """Compiles the real step for two remat policies in a process with 8 CPU devices."""
-  child = ("import json; from tests.parallel.test_plan import small_config; "
-           "from lm.parallel import plan as plan_lib\n"
+  child = ("import json; from tests.test_plan import small_config; "
+           "from lm import plan as plan_lib\n"
            "out = {}\n"
            "for remat in ('none', 'full'):\n"
            "  p = plan_lib.plan(small_config(remat))\n"
