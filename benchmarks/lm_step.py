@@ -15,6 +15,7 @@ from lm import config as config_lib
 from lm.model import Decoder
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
+from lm.data import tokenizer as tokenizer_lib
 from lm.stages import pretrain
 from lm.train import loop
 from lm.train import optim
@@ -34,7 +35,8 @@ class TrainStep:
     self.data_sharding = rules_lib.batch_sharding(self.mesh)
     with self.context():
       self.state = state_lib.create_train_state(model, tx, jax.random.key(config.seed), shardings)
-      self._step = jax.jit(loop.make_train_step(model, tx, pretrain.loss_fn, t),
+      stage = pretrain.Stage(config, tokenizer_lib.get(config.data.tokenizer))
+      self._step = jax.jit(loop.make_train_step(model, tx, stage, t),
                            in_shardings=(shardings, self.data_sharding),
                            out_shardings=(shardings, rules_lib.replicated(self.mesh)),
                            donate_argnums=(0,))

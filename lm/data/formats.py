@@ -16,7 +16,8 @@ end-of-turn token included; never the system or user turns, nor the template's r
   - from `{% generation %} ... {% endgeneration %}` blocks, where a Hugging Face template
     marks the assistant's text that way (as transformers' `return_assistant_tokens_mask`);
   - else by rendering prefixes: assistant turn i covers what the conversation up to and
-    including turn i adds after the conversation up to turn i with the generation prompt.
+    including turn i adds after the conversation up to turn i with the generation prompt
+    (for text, without the whitespace that ends it: the line break after `<|im_end|>`).
     A template that does not render conversations as prefixes of each other is an error.
 
 Hugging Face templates render text; its tokens are those of the whole rendered string, and
@@ -92,7 +93,10 @@ def _prefix_spans(tokenizer: Any, messages: list[dict], full) -> list[tuple[int,
       raise ValueError("the chat template does not render a conversation as an extension of "
                        "its beginning (turn %d), so the assistant's tokens cannot be found by "
                        "rendering prefixes; mark them with {%% generation %%} blocks" % i)
-    spans.append((len(before), len(through)))
+    end = len(through)
+    if isinstance(through, str):  # the line break after an end-of-turn marker is layout
+      end = max(len(through.rstrip()), len(before))
+    spans.append((len(before), end))
   return spans
 
 
