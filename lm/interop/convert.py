@@ -138,11 +138,14 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config_lib.lock(resolved)
 
 
-def load_params(init_from: str, model_config: ModelConfig, shardings: Any) -> Any:
-  """The parameters of `init_from`, each created directly in its sharding."""
+def load_params(init_from: str, model_config: ModelConfig, shardings: Any,
+                abstract: Any = None) -> Any:
+  """The parameters of `init_from`, each created directly in its sharding. `abstract`: their
+  shapes (unboxing them under a mesh context adds sharding constraints that need arrays)."""
   if init_from.startswith("hf:"):
     return hf.load_params(os.path.expanduser(init_from[3:]), model_config, shardings)
-  abstract = nn.unbox(state_lib.abstract_boxed_params(Decoder(model_config)))
+  if abstract is None:
+    abstract = nn.unbox(state_lib.abstract_boxed_params(Decoder(model_config)))
   params = checkpoint_lib.restore_params(_workdir(init_from), abstract, shardings)
   if params is None:
     raise FileNotFoundError(f"init_from={init_from!r} holds no checkpoint and no params/")
