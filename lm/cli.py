@@ -92,7 +92,7 @@ def train(argv) -> None:
   from lm.train.loop import train_and_evaluate
   initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          force=FLAGS.distributed)
-  train_and_evaluate(FLAGS.config, FLAGS.workdir, stages.get(FLAGS.config.stage))
+  train_and_evaluate(FLAGS.config, FLAGS.workdir, stages.for_config(FLAGS.config))
 
 
 def sample(argv) -> None:

@@ -10,7 +10,7 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from lm.model import ModelConfig, presets
+from lm.model import ModelConfig, lora, presets
 from lm.model.config import model_config_fields
 
 
@@ -78,6 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.peak_flops = 0.0           # per device, for MFU; 0: look up the device kind
+
+  # LoRA on any stage (lm/model/lora.py): adapters on the weights whose path matches `targets`
+  # ("layers/attention/query", "layers/mlp/wo", "lm_head"); the base is frozen.
+  config.lora = ml_collections.ConfigDict()
+  config.lora.rank = 0                    # 0: off (every parameter trained)
+  config.lora.alpha = 16.0                # the update is scaled by alpha / rank
+  config.lora.dropout = 0.0               # on the adapters' input, in training
+  config.lora.targets = lora.DEFAULT_TARGETS  # every attention and MLP projection
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes

@@ -298,7 +298,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   t = config.train
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
   config_lib.validate(config, model_config, tokenizer.vocab_size, sizes)
-  stage = stages.get(config.stage)(config, tokenizer)
+  stage = stages.for_config(config)(config, tokenizer)
   rules = rules_lib.make_rules(config.mesh.get("rules", "") or "")
   model = stage.make_model(model_config)
   tx = optim.make_optimizer(t)

@@ -91,7 +91,8 @@ class Decoder(nn.Module):
       layer_caches = list(zip(cache.key, cache.value))
       in_axes += (0, nn.broadcast)  # under scan: the stacked caches in and out, the index
     if cfg.scan_layers:
-      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+      stack = nn.scan(block, variable_axes={"params": 0},
+                      split_rngs={"params": True, "dropout": True},  # LoRA dropout: per layer
                       in_axes=in_axes, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
       if cache is not None:

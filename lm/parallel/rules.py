@@ -31,6 +31,7 @@ DEFAULT_RULES: Rules = (
     ("head_dim", None),
     ("norm", None),
     ("layers", None),
+    ("lora_rank", None),  # LoRA adapters: the base weight's axes plus this one
 )
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -39,7 +40,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 AXIS_FIELDS = {"embed": "model.d_model", "vocab": "model.vocab_size",
                "heads": "model.num_heads", "kv_heads": "model.num_kv_heads",
                "mlp": "model.d_ff", "head_dim": "model.head_dim",
-               "layers": "model.num_layers"}
+               "layers": "model.num_layers", "lora_rank": "lora.rank"}
 
 
 def make_rules(overrides: str = "") -> Rules:

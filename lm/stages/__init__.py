@@ -16,7 +16,14 @@ def get(name: str):
   return importlib.import_module(STAGES[name]).Stage
 
 
+def for_config(config: ml_collections.ConfigDict):
+  """The Stage class `config` trains: `config.stage`'s, with LoRA adapters when `lora.rank`
+  is set (lm/stages/lora.py)."""
+  from lm.stages import lora  # pylint: disable=import-outside-toplevel
+  return lora.wrap(get(config.stage), config)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` with the stage it names (lm/train/loop.py), resuming from `workdir`."""
   from lm.train import loop  # pylint: disable=import-outside-toplevel
-  return loop.train_and_evaluate(config, workdir, get(config.stage))
+  return loop.train_and_evaluate(config, workdir, for_config(config))

@@ -24,6 +24,7 @@ from lm.parallel import rules as rules_lib
 from lm.train import state as state_lib
 
 PARAMS_DIR = "params"  # parameters alone, as `lm convert --from_hf` writes them
+FROZEN_DIR = "frozen"  # a stage's frozen parameters, written once
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -170,6 +171,24 @@ def save_params(workdir: str, params) -> None:
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(_root(workdir) / PARAMS_DIR, params, force=True)
     checkpointer.wait_until_finished()
+
+
+def save_frozen(workdir: str, frozen) -> None:
+  """Writes a stage's frozen tree once, to `workdir/frozen`: checkpoints leave it out (it never
+  changes), so a LoRA run's checkpoints hold its adapters and optimizer state alone."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(_root(workdir) / FROZEN_DIR, frozen, force=True)
+    checkpointer.wait_until_finished()
+
+
+def restore_frozen(workdir: str, abstract_frozen, shardings):
+  """The frozen tree `save_frozen` wrote, placed in `shardings`."""
+  path = _root(workdir) / FROZEN_DIR
+  if not path.exists():
+    raise FileNotFoundError(f"{workdir} has checkpoints but no {FROZEN_DIR}/ (the stage's "
+                            "frozen parameters, written when training started)")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, rules_lib.with_shardings(abstract_frozen, shardings))
 
 
 def restore_params(workdir: str, abstract_params, shardings):

@@ -32,7 +32,7 @@ from lm.data import pipeline as pipeline_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import convert as init_from_lib
-from lm.model import ModelConfig
+from lm.model import Decoder, ModelConfig
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.train import checkpoint as checkpoint_lib
@@ -198,23 +198,39 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
                config_json=json.loads(config.to_json_best_effort()))
 
 
+def load_imported(setup: Setup) -> Any:
+  """The parameters `init_from` holds (a Decoder's), placed as the stage's model places them;
+  the model's other parameters (adapters, a new head) are initialised by `params_with`."""
+  imported = nn.unbox(state_lib.abstract_boxed_params(Decoder(setup.model_config)))
+  shardings = state_lib.subtree(setup.model_shardings, imported)
+  return init_from_lib.load_params(setup.config.init_from, setup.model_config, shardings,
+                                   state_lib.subtree(setup.model_params, imported))
+
+
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
   """(state, training batches, restored): the newest checkpoint in `workdir` with its data
   position, else step 0 from `init_from`'s parameters or a fresh initialisation."""
   config, stage = setup.config, setup.stage
   train_data = setup.train_batches(config.seed)
-  restored = checkpoint_lib.restore_latest(manager, setup.abstract_state, setup.shardings,
+  # Checkpoints hold the state without its frozen tree, which is written once (save_frozen).
+  restored = checkpoint_lib.restore_latest(manager, setup.abstract_state.replace(frozen=None),
+                                           setup.shardings.replace(frozen=None),
                                            train_data.shards,
                                            workdir_lib.resume_check(setup.config_json, workdir))
+  key = jax.random.key(config.seed)
   if restored is None and config.init_from:  # the whole tree, before the stage splits it
-    params = init_from_lib.load_params(config.init_from, setup.model_config,
-                                       setup.model_shardings, setup.model_params)
+    params = state_lib.params_with(setup.model, key, load_imported(setup), setup.model_shardings)
     state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition)
   elif restored is None:
-    state = state_lib.create_train_state(setup.model, setup.tx, jax.random.key(config.seed),
-                                         setup.shardings, stage.partition)
+    state = state_lib.create_train_state(setup.model, setup.tx, key, setup.shardings,
+                                         stage.partition)
   else:
     state, data_state = restored
+    state = state.replace(frozen=None if setup.abstract_state.frozen is None else
+                          checkpoint_lib.restore_frozen(workdir, setup.abstract_state.frozen,
+                                                        setup.shardings.frozen))
+  if restored is None and state.frozen is not None:
+    checkpoint_lib.save_frozen(workdir, state.frozen)
   if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
     save_config(config, workdir)
   if restored is not None:  # continue the input streams where the checkpoint left them
@@ -317,7 +333,8 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
       if done % t.checkpoint_every == 0 or done == t.steps or stop:
         # Async: training waits only for the device-to-host copy, measured here.
         save_start = time.perf_counter()
-        checkpoint_lib.save(manager, state, train_data.get_state(), setup.config_json,
+        checkpoint_lib.save(manager, state.replace(frozen=None), train_data.get_state(),
+                            setup.config_json,
                             force=stop)
         writer.write(done, {"checkpoint_blocking_seconds": time.perf_counter() - save_start})
 

@@ -12,6 +12,7 @@ by the same logical-axis rules.
 
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,27 @@ def train_state_from_params(tx: optax.GradientTransformation, params: Any,
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   return jax.jit(lambda p: _state_at_step_0(tx, p, partition),
                  in_shardings=(param_shardings,), out_shardings=shardings)(params)
+
+
+def _flat(tree: Any) -> dict:
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+def subtree(tree: Any, like: Any) -> Any:
+  """The leaves of `tree` at the paths `like` has (nested dicts)."""
+  flat = _flat(tree)
+  return flax.traverse_util.unflatten_dict({k: flat[k] for k in _flat(like)}, sep="/")
+
+
+def params_with(model: nn.Module, key: jax.Array, loaded: Any, shardings: Any) -> Any:
+  """The model's whole parameter tree: `loaded` (imported parameters, already sharded) where it
+  has a leaf, a fresh initialisation elsewhere (adapters, a new head). Inside one jit, the
+  fresh leaves that `loaded` replaces are never computed."""
+  def init(loaded):
+    fresh = _flat(nn.unbox(init_params(model, key)))
+    return flax.traverse_util.unflatten_dict({**fresh, **_flat(loaded)}, sep="/")
+  return jax.jit(init, in_shardings=(jax.tree.map(lambda x: x.sharding, loaded),),
+                 out_shardings=shardings)(loaded)
 
 
 def count_params(params: Any) -> int:

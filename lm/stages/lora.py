@@ -1,0 +1,74 @@
+"""LoRA on any stage: `lora.rank > 0` wraps the stage `config.stage` names.
+
+The wrapped stage keeps its batches, loss and metrics; the wrapper adapts its model
+(lm/model/lora.py), trains the adapters alone and holds the model's other parameters (the
+base) frozen, beside the stage's own frozen tree if it has one:
+`frozen = {"base": base, "stage": the stage's frozen tree}`. The stage's loss sees an `apply`
+that joins the adapters it differentiates with the base, so it is written once for full
+training and LoRA alike. Dropout on the adapters' input runs in the training loss alone, which
+passes the dropout key; evaluation passes none.
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lm.model import ModelConfig
+from lm.model import lora as lora_lib
+from lm.train.stage import Batch, Stage, StageType
+
+
+def _dropout_key(seed: int, batch: Batch) -> jax.Array:
+  """A key fixed by the batch's tokens (so a resumed run drops the same units)."""
+  tokens = batch["inputs"].astype(jnp.uint32)
+  digest = jnp.sum(tokens * (jnp.arange(tokens.size, dtype=jnp.uint32).reshape(tokens.shape)
+                             * jnp.uint32(2654435761) + jnp.uint32(1)))
+  return jax.random.fold_in(jax.random.key(seed), digest)
+
+
+class LoraStage:
+  """`inner` with its model adapted: adapters trainable, the base frozen."""
+
+  def __init__(self, inner_type: StageType, config: ml_collections.ConfigDict, tokenizer: Any):
+    self.inner: Stage = inner_type(config, tokenizer)
+    self.lora = lora_lib.from_config(config.lora)
+    self.seed = config.seed
+    self.name = self.inner.name
+    self.fields = self.inner.fields
+    self.metric_weights = self.inner.metric_weights
+
+  def __getattr__(self, name: str):  # batches, metrics, hooks: the inner stage's own
+    return getattr(self.inner, name)
+
+  def make_model(self, model_config: ModelConfig):
+    return lora_lib.adapt(self.inner.make_model(model_config), self.lora)
+
+  def partition(self, params: Any) -> tuple[Any, Any]:
+    trainable, frozen = self.inner.partition(params)
+    adapters, base = lora_lib.split(trainable)
+    return adapters, ({"base": base} if frozen is None else {"base": base, "stage": frozen})
+
+  def _apply(self, apply: Callable, frozen: Any, rngs: dict | None) -> Callable:
+    def adapted(params, tokens, **kwargs):
+      if rngs is not None:
+        kwargs["rngs"] = rngs
+      return apply(lora_lib.join(params, frozen["base"]), tokens, **kwargs)
+    return adapted
+
+  def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
+    rngs = {"dropout": _dropout_key(self.seed, batch)} if self.lora.dropout else None
+    return self.inner.loss(self._apply(apply, frozen, rngs), params, frozen.get("stage"), batch)
+
+  def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
+    return self.inner.eval_sums(self._apply(apply, frozen, None), params, frozen.get("stage"),
+                                batch)
+
+
+def wrap(stage_type: StageType, config: ml_collections.ConfigDict) -> StageType:
+  """`stage_type` itself when `lora.rank` is 0, else it adapted."""
+  if lora_lib.from_config(config.lora) is None:
+    return stage_type
+  return functools.partial(LoraStage, stage_type)
