@@ -156,6 +156,7 @@ class Setup:
   shardings: state_lib.TrainState
   model_params: Any                    # the model's whole parameter tree, abstract
   model_shardings: Any                 # and its shardings, before the stage splits them
+  imported_params: Any                 # abstract: what `init_from` holds (a Decoder's tree)
   data_sharding: NamedSharding
   rows: slice                          # this process's rows of each global batch
   config_json: dict                    # saved in every checkpoint
@@ -187,12 +188,15 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   model_params, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
+  imported_params = state_lib.subtree(model_params, nn.unbox(
+      state_lib.abstract_boxed_params(Decoder(model_config)))) if config.init_from else None
   workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
   data_sharding = rules_lib.batch_sharding(mesh)
   return Setup(config=config, stage=stage, tokenizer=tokenizer, model_config=model_config,
                model=model, mesh=mesh, rules=rules, source=source, tx=tx,
                abstract_state=abstract_state, shardings=shardings,
                model_params=model_params, model_shardings=model_shardings,
+               imported_params=imported_params,
                data_sharding=data_sharding,
                rows=rules_lib.process_rows(data_sharding, t.batch_size),
                config_json=json.loads(config.to_json_best_effort()))
@@ -201,10 +205,9 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
 def load_imported(setup: Setup) -> Any:
   """The parameters `init_from` holds (a Decoder's), placed as the stage's model places them;
   the model's other parameters (adapters, a new head) are initialised by `params_with`."""
-  imported = nn.unbox(state_lib.abstract_boxed_params(Decoder(setup.model_config)))
-  shardings = state_lib.subtree(setup.model_shardings, imported)
+  shardings = state_lib.subtree(setup.model_shardings, setup.imported_params)
   return init_from_lib.load_params(setup.config.init_from, setup.model_config, shardings,
-                                   state_lib.subtree(setup.model_params, imported))
+                                   setup.imported_params)
 
 
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
