@@ -14,9 +14,9 @@ import jax
 from lm import config as config_lib
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
-from lm.model import Decoder
 from lm.train import optim
 from lm.train import state as state_lib
+from lm import stages
 from lm.stages import train_and_evaluate
 
 
@@ -37,10 +37,12 @@ def shard_layout(overrides: dict) -> dict:
   """Global and per-device shapes of every parameter and optimizer leaf."""
   config = make_config(overrides)
   mesh = mesh_lib.make_mesh(config.mesh)
-  model = Decoder(config_lib.model_config(config))
+  stage = stages.for_config(config)(config, None)  # the stage's model: LoRA adds adapters
+  model = stage.make_model(config_lib.model_config(config))
   tx = optim.make_optimizer(config.train)
-  _, shardings = state_lib.state_shardings(model, tx, mesh, rules_lib.DEFAULT_RULES)
-  state = state_lib.create_train_state(model, tx, jax.random.key(0), shardings)
+  _, shardings = state_lib.state_shardings(model, tx, mesh, rules_lib.DEFAULT_RULES,
+                                           stage.partition)
+  state = state_lib.create_train_state(model, tx, jax.random.key(0), shardings, stage.partition)
   layout = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
     shards = leaf.addressable_shards
