@@ -29,6 +29,8 @@ setup(
         "jinja2==3.1.6",
         # data.tokenizer=spm:PATH and `lm tokenizer` (lm/data/tokenizer.py).
         "sentencepiece==0.2.3",
+        # LoRA adapters through its matmul interception (lm/model/lora.py).
+        "qwix==0.1.8",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).
@@ -36,7 +38,7 @@ setup(
         # Preparing TFDS catalog datasets whose builders use TensorFlow (reading never does).
         "tf": ["tensorflow-cpu==2.21.0"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
-                 "safetensors==0.8.0"],
+                 "safetensors==0.8.0", "peft==0.21.0"],  # peft: the LoRA adapter oracle
     },
     entry_points={"console_scripts": ["lm=lm.cli:main"]},
 )
