@@ -50,6 +50,9 @@ flags.DEFINE_integer("max_tokens_limit", 4096, "serve: the largest max_tokens a 
 flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to import into "
                     "--workdir.")
 flags.DEFINE_string("to_hf", None, "convert: the directory to export --workdir's model to.")
+flags.DEFINE_bool("adapter_only", False, "convert --to_hf: write a LoRA run's adapter alone, "
+                  "as PEFT's adapter_config.json + adapter_model.safetensors (default: merged "
+                  "into the base).")
 flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"],
                   "convert --to_hf: dtype of the written tensors.")
 flags.DEFINE_string("accelerator", None, "plan: v4, v5e, v5p, v6e, h100 or h200, or a slice "
@@ -147,8 +150,14 @@ def convert(argv) -> None:
     model_config = convert_lib.import_hf(FLAGS.from_hf, FLAGS.workdir)
     print(f"Imported {FLAGS.from_hf} into {FLAGS.workdir}: {model_config}")
   else:
-    convert_lib.export_hf(FLAGS.workdir, FLAGS.to_hf, FLAGS.hf_dtype)
-    print(f"Exported {FLAGS.workdir} to {FLAGS.to_hf}")
+    try:
+      convert_lib.export_hf(FLAGS.workdir, FLAGS.to_hf, FLAGS.hf_dtype,
+                            adapter_only=FLAGS.adapter_only)
+    except ValueError as e:  # the message names the flag or field
+      sys.stderr.write(f"{e}\n")
+      sys.exit(2)
+    what = " (its LoRA adapter alone, PEFT format)" if FLAGS.adapter_only else ""
+    print(f"Exported {FLAGS.workdir}{what} to {FLAGS.to_hf}")
 
 
 def plan(argv) -> None:

@@ -25,7 +25,9 @@ import ml_collections
 from lm import config as config_lib
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import hf
+from lm.interop import peft
 from lm.model import Decoder, ModelConfig
+from lm.model import lora as lora_lib
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.train import checkpoint as checkpoint_lib
@@ -80,14 +82,29 @@ def import_hf(hf_dir: str, workdir: str) -> ModelConfig:
 
 
 def export_hf(workdir: str, hf_dir: str, dtype: str = "float32",
-              max_shard_bytes: int = 5 << 30) -> ModelConfig:
+              max_shard_bytes: int = 5 << 30, adapter_only: bool = False) -> ModelConfig:
   """`lm convert --workdir=workdir --to_hf=hf_dir`: the newest parameters of a training run
-  (or an imported workdir) as a directory `transformers` loads."""
+  (or an imported workdir) as a directory `transformers` loads. A LoRA run's adapters are
+  merged into the base, or with `adapter_only` written alone in PEFT's format."""
   config = read_workdir_config(workdir)
   model_config = config_lib.model_config(config)
   hf.family_for(model_config)  # fail before reading anything
   abstract, shardings = _placement(model_config)
-  params = checkpoint_lib.restore_params(workdir, abstract, shardings)
+  lora = checkpoint_lib.lora_of(config)
+  if adapter_only and lora is None:
+    raise ValueError(f"--adapter_only: --workdir={workdir} trained no LoRA adapters "
+                     "(lora.rank=0)")
+  if lora is not None:
+    mesh = jax.tree.leaves(shardings)[0].mesh
+    _, adapters, base = checkpoint_lib.restore_adapters(workdir, config, model_config, mesh)
+    if adapter_only:
+      peft.save_adapter(hf_dir, model_config, lora, adapters,
+                        base_model=config.init_from.removeprefix("hf:"))
+      return model_config
+    params = jax.jit(lambda a, b: lora_lib.merge(lora_lib.join(a, b), lora),
+                     out_shardings=shardings)(adapters, base)
+  else:
+    params = checkpoint_lib.restore_params(workdir, abstract, shardings)
   if params is None:
     raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint and no params/")
   base_path = epath.Path(workdir) / "hf_config.json"

@@ -16,9 +16,11 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh
 
 from lm import config as config_lib
-from lm.model import Decoder
+from lm.model import Decoder, ModelConfig
+from lm.model import lora as lora_lib
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.train import state as state_lib
@@ -215,16 +217,43 @@ def restore_params(workdir: str, abstract_params, shardings):
   return None
 
 
+def lora_of(config: ml_collections.ConfigDict) -> lora_lib.LoraConfig | None:
+  """The LoRA of a workdir's saved config (None: it trained every parameter)."""
+  return lora_lib.from_config(config.lora) if "lora" in config else None
+
+
+def restore_adapters(workdir: str, config: ml_collections.ConfigDict, model_config: ModelConfig,
+                     mesh: Mesh, rules: rules_lib.Rules = rules_lib.DEFAULT_RULES):
+  """(LoraConfig, adapters, base) of a LoRA run in `workdir`: the adapters of its newest
+  checkpoint, the base it wrote once (`frozen/`), both placed by `rules` on `mesh`."""
+  lora = lora_of(config)
+  abstract, shardings = state_lib.abstract_params_and_shardings(
+      lora_lib.adapt(Decoder(model_config), lora), mesh, rules)
+  (adapters_abstract, base_abstract), (adapter_shardings, base_shardings) = (
+      lora_lib.split(abstract), lora_lib.split(shardings))
+  adapters = restore_params(workdir, adapters_abstract, adapter_shardings)
+  if adapters is None:
+    raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
+  base = restore_frozen(workdir, {"base": base_abstract}, {"base": base_shardings})["base"]
+  return lora, adapters, base
+
+
 def load_for_inference(workdir: str):
   """(config, ModelConfig, params) of the newest checkpoint in a training `workdir`, or of the
   parameters an import (`lm convert --from_hf`) wrote. Only the parameter subtree is read:
-  no optimizer is built and its state stays on disk."""
+  no optimizer is built and its state stays on disk. A LoRA run's adapters are merged into
+  its base (`W + alpha / rank * A @ B`), so the engine runs a plain Decoder."""
   config_path = epath.Path(workdir) / "config.json"
   if not config_path.exists():
     raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
   config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
   model_config = config_lib.model_config(config)
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  if lora_of(config) is not None:
+    lora, adapters, base = restore_adapters(workdir, config, model_config, mesh)
+    merge = jax.jit(lambda a, b: lora_lib.merge(lora_lib.join(a, b), lora),
+                    out_shardings=jax.tree.map(lambda x: x.sharding, base))
+    return config, model_config, merge(adapters, base)
   abstract, shardings = state_lib.abstract_params_and_shardings(
       Decoder(model_config), mesh, rules_lib.DEFAULT_RULES)
   params = restore_params(workdir, abstract, shardings)

@@ -74,3 +74,38 @@ def test_lm_adapter_written_as_peft_loads_in_peft(adapted, tmp_path):
   loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), out).eval()
   assert sorted(loaded.peft_config["default"].target_modules) == ["o_proj", "q_proj", "up_proj"]
   assert np.abs(np.asarray(ours) - hf_logits(loaded, TOKENS)).max() < 1e-4
+
+
+def test_a_lora_run_exports_merged_and_as_peft_with_its_own_logits(make_config, tmp_path):
+  """LoRA trained in lm on an imported Llama: `lm convert --to_hf` (merged) loads in
+  transformers, `--adapter_only` in peft, and the engine's loader merges; all three give the
+  logits of lm's adapted model."""
+  from lm.interop import convert  # pylint: disable=import-outside-toplevel
+  from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from lm.train import checkpoint  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  base = hf_models.make_model("llama")
+  base_dir = hf_models.save(base, str(tmp_path / "base"), hf_models.make_tokenizer())
+  config = make_config(lora__rank=4, lora__alpha=8.0, train__lr=3e-2, train__steps=3,
+                       lora__targets=r"attention/(query|value)$|mlp/wo$")
+  config.init_from = f"hf:{base_dir}"
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(config, workdir)
+
+  saved = convert.read_workdir_config(workdir)
+  model_config = convert.config_lib.model_config(saved)
+  mesh = convert.mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  spec, adapters, params = checkpoint.restore_adapters(workdir, saved, model_config, mesh)
+  ours = np.asarray(lora.adapt(Decoder(model_config), spec).apply(
+      {"params": lora.join(adapters, params)}, jnp.asarray(TOKENS)))
+  assert np.abs(ours - hf_logits(base, TOKENS)).max() > 1e-3   # the adapters trained
+
+  convert.export_hf(workdir, str(tmp_path / "merged"))
+  merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged")).eval()
+  assert np.abs(ours - hf_logits(merged, TOKENS)).max() < 1e-4
+  convert.export_hf(workdir, str(tmp_path / "adapter"), adapter_only=True)
+  loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "adapter")).eval()
+  assert np.abs(ours - hf_logits(loaded, TOKENS)).max() < 1e-4
+  _, _, inference = checkpoint.load_for_inference(workdir)
+  served = Decoder(model_config).apply({"params": inference}, jnp.asarray(TOKENS))
+  assert np.abs(np.asarray(served) - ours).max() < 1e-4
