@@ -49,6 +49,9 @@ class LoraStage:
   def partition(self, params: Any) -> tuple[Any, Any]:
     trainable, frozen = self.inner.partition(params)
     adapters, base = lora_lib.split(trainable)
+    if not adapters:
+      raise ValueError(f"lora.targets={self.lora.targets!r} matches no weight of the model "
+                       "(paths look like layers/attention/query, layers/mlp/wo, lm_head)")
     return adapters, ({"base": base} if frozen is None else {"base": base, "stage": frozen})
 
   def _apply(self, apply: Callable, frozen: Any, rngs: dict | None) -> Callable:
