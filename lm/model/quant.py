@@ -1,0 +1,103 @@
+"""Blockwise weight quantization for QLoRA bases: NF4 (4-bit NormalFloat) and int8.
+
+A weight is flattened and cut into blocks of `block` values (64, as in QLoRA); each block
+keeps its absolute maximum `absmax` and, per value, a code:
+  nf4   the index of the nearest of 16 levels (NF4_LEVELS, QLoRA's NormalFloat: quantiles of
+        N(0, 1) scaled to [-1, 1], with an exact zero) of value / absmax; two codes a byte;
+  int8  round(127 * value / absmax).
+Dequantizing multiplies the level back by absmax, so the error of a value is at most
+absmax * (half the widest gap between neighbouring levels) for NF4, absmax / 254 for int8.
+Double quantization (QLoRA's) stores the float32 absmaxes themselves as int8, in blocks of
+256 around their mean, which adds at most that second step's error times the level (<= 1).
+
+Pure functions of arrays (jit-able); the training state does not hold quantized bases yet.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+# bitsandbytes' NF4 table (QLoRA, Dettmers et al. 2023, App. E); tests rebuild it from the
+# normal quantiles independently.
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+              -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+              0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+              0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)
+ABSMAX_BLOCK = 256  # absmaxes per block of the double quantization
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Quantized:
+  """A weight as codes and scales; `shape`, `kind` and `block` are static."""
+  codes: jax.Array     # nf4: uint8 [n / 2] (two codes a byte); int8: int8 [n]
+  absmax: jax.Array    # float32 [blocks], or int8 [blocks] with double quantization
+  absmax_scale: jax.Array | None  # double quantization: float32 [blocks / 256] ...
+  absmax_mean: jax.Array | None   # ... and the mean of the absmaxes, float32 []
+  shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+  kind: str = dataclasses.field(metadata=dict(static=True))
+  block: int = dataclasses.field(metadata=dict(static=True))
+
+
+def _blocks(w: jax.Array, block: int) -> jax.Array:
+  if w.size % block:
+    raise ValueError(f"a weight of {w.size} values does not split into blocks of {block}")
+  return w.reshape(-1, block).astype(jnp.float32)  # [blocks, block]
+
+
+def _quantize_absmax(absmax: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(int8 codes, per-256 scale, mean) of the absmaxes around their mean."""
+  mean = jnp.mean(absmax)
+  centred = absmax - mean
+  pad = (-centred.size) % ABSMAX_BLOCK
+  groups = jnp.pad(centred, (0, pad)).reshape(-1, ABSMAX_BLOCK)           # [G, 256]
+  scale = jnp.maximum(jnp.max(jnp.abs(groups), axis=1), 1e-12) / 127.0     # [G]
+  codes = jnp.round(groups / scale[:, None]).astype(jnp.int8)
+  return codes.reshape(-1)[:absmax.size], scale, mean
+
+
+def _dequantize_absmax(q: Quantized) -> jax.Array:
+  if q.absmax_scale is None:
+    return q.absmax
+  n = q.absmax.size
+  pad = (-n) % ABSMAX_BLOCK
+  groups = jnp.pad(q.absmax.astype(jnp.float32), (0, pad)).reshape(-1, ABSMAX_BLOCK)
+  return (groups * q.absmax_scale[:, None]).reshape(-1)[:n] + q.absmax_mean
+
+
+def quantize(w: jax.Array, kind: str = "nf4", block: int = 64,
+             double_quant: bool = False) -> Quantized:
+  """`w` as NF4 or int8 codes with one absmax per `block` values."""
+  blocks = _blocks(w, block)
+  absmax = jnp.max(jnp.abs(blocks), axis=1)                                 # [blocks]
+  normalized = blocks / jnp.where(absmax == 0, 1.0, absmax)[:, None]        # in [-1, 1]
+  if kind == "nf4":
+    levels = jnp.asarray(NF4_LEVELS, jnp.float32)
+    index = jnp.argmin(jnp.abs(normalized[..., None] - levels), axis=-1).astype(jnp.uint8)
+    pairs = index.reshape(-1, 2)
+    codes = (pairs[:, 0] << 4) | pairs[:, 1]                                # [n / 2]
+  elif kind == "int8":
+    codes = jnp.round(normalized * 127.0).astype(jnp.int8).reshape(-1)
+  else:
+    raise ValueError(f"quantization kind={kind!r} is not one of ['nf4', 'int8']")
+  scale = mean = None
+  if double_quant:
+    absmax, scale, mean = _quantize_absmax(absmax)
+  return Quantized(codes, absmax, scale, mean, tuple(w.shape), kind, block)
+
+
+def dequantize(q: Quantized, dtype=jnp.float32) -> jax.Array:
+  """The weight back, in `dtype`."""
+  absmax = _dequantize_absmax(q)                                            # [blocks]
+  if q.kind == "nf4":
+    index = jnp.stack([q.codes >> 4, q.codes & 15], axis=-1).reshape(-1, q.block)
+    values = jnp.asarray(NF4_LEVELS, jnp.float32)[index]
+  else:
+    values = q.codes.reshape(-1, q.block).astype(jnp.float32) / 127.0
+  return (values * absmax[:, None]).reshape(q.shape).astype(dtype)
+
+
+def nbytes(q: Quantized) -> int:
+  return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(q))
