@@ -86,6 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.lora.alpha = 16.0                # the update is scaled by alpha / rank
   config.lora.dropout = 0.0               # on the adapters' input, in training
   config.lora.targets = lora.DEFAULT_TARGETS  # every attention and MLP projection
+  config.lora.quantize = ""               # QLoRA: the frozen base as "nf4" or "int8" (blocks of
+  config.lora.double_quant = False        # 64, lm/model/quant.py); also quantize the absmaxes
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes

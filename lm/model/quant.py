@@ -10,13 +10,21 @@ absmax * (half the widest gap between neighbouring levels) for NF4, absmax / 254
 Double quantization (QLoRA's) stores the float32 absmaxes themselves as int8, in blocks of
 256 around their mean, which adds at most that second step's error times the level (<= 1).
 
-Pure functions of arrays (jit-able); the training state does not hold quantized bases yet.
+QLoRA (lm/stages/lora.py, `lora.quantize`) stores a frozen base's weight matrices this way
+(`quantize_tree`; norms and embeddings stay float32) and dequantizes the whole base at each
+step, inside the jitted step, before the forward pass: the state and `frozen/` hold 4 or 8
+bits a weight, but the step still materialises float32 copies of the weights transiently
+(not yet dequantized one matmul at a time). The codes are replicated on every device.
 """
 
 import dataclasses
+import math
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 # bitsandbytes' NF4 table (QLoRA, Dettmers et al. 2023, App. E); tests rebuild it from the
 # normal quantiles independently.
@@ -101,3 +109,33 @@ def dequantize(q: Quantized, dtype=jnp.float32) -> jax.Array:
 
 def nbytes(q: Quantized) -> int:
   return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(q))
+
+
+def quantizable(path: str, shape: tuple[int, ...]) -> bool:
+  """A weight matrix of the base (not an adapter, an embedding table, a norm or a bias)."""
+  return (len(shape) >= 2 and not path.endswith(("_lora_a", "_lora_b"))
+          and "embedding" not in path and math.prod(shape) % 128 == 0)
+
+
+def quantize_tree(tree: Any, shapes: dict[str, tuple[int, ...]], kind: str,
+                  double_quant: bool = False) -> Any:
+  """`tree` (nested dicts of arrays, ShapeDtypeStructs or NamedShardings: a pure tree function,
+  like a stage's partition) with each quantizable weight as a Quantized; `shapes` gives every
+  path's shape (shardings carry none)."""
+  def leaf(path: str, x):
+    if not quantizable(path, shapes[path]):
+      return x
+    if isinstance(x, NamedSharding):
+      abstract = jax.eval_shape(lambda: quantize(jnp.zeros(shapes[path]), kind,
+                                                 double_quant=double_quant))
+      return jax.tree.map(lambda _: NamedSharding(x.mesh, PartitionSpec()), abstract)
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return jax.eval_shape(lambda w: quantize(w, kind, double_quant=double_quant), x)
+    return quantize(x, kind, double_quant=double_quant)
+  flat = flax.traverse_util.flatten_dict(tree, sep="/")
+  return flax.traverse_util.unflatten_dict({k: leaf(k, v) for k, v in flat.items()}, sep="/")
+
+
+def dequantize_tree(tree: Any, dtype=jnp.float32) -> Any:
+  return jax.tree.map(lambda x: dequantize(x, dtype) if isinstance(x, Quantized) else x, tree,
+                      is_leaf=lambda x: isinstance(x, Quantized))

@@ -12,12 +12,15 @@ passes the dropout key; evaluation passes none.
 import functools
 from typing import Any, Callable
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from lm.model import ModelConfig
 from lm.model import lora as lora_lib
+from lm.model import quant
 from lm.train.stage import Batch, Stage, StageType
 
 
@@ -39,12 +42,23 @@ class LoraStage:
     self.name = self.inner.name
     self.fields = self.inner.fields
     self.metric_weights = self.inner.metric_weights
+    self.quantize = config.lora.quantize      # "" | "nf4" | "int8": the frozen base's storage
+    if self.quantize not in ("", "nf4", "int8"):
+      raise ValueError(f"lora.quantize={self.quantize!r} is not one of ['', 'nf4', 'int8']")
+    self.double_quant = config.lora.double_quant
+    self._shapes: dict[str, tuple[int, ...]] = {}
 
   def __getattr__(self, name: str):  # batches, metrics, hooks: the inner stage's own
     return getattr(self.inner, name)
 
   def make_model(self, model_config: ModelConfig):
-    return lora_lib.adapt(self.inner.make_model(model_config), self.lora)
+    model = lora_lib.adapt(self.inner.make_model(model_config), self.lora)
+    if self.quantize:  # the weights' shapes, to quantize abstract trees and shardings alike
+      abstract = jax.eval_shape(lambda: nn.unbox(model.init(
+          jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+      self._shapes = {k: v.shape for k, v in
+                      flax.traverse_util.flatten_dict(abstract, sep="/").items()}
+    return model
 
   def partition(self, params: Any) -> tuple[Any, Any]:
     trainable, frozen = self.inner.partition(params)
@@ -52,13 +66,16 @@ class LoraStage:
     if not adapters:
       raise ValueError(f"lora.targets={self.lora.targets!r} matches no weight of the model "
                        "(paths look like layers/attention/query, layers/mlp/wo, lm_head)")
+    if self.quantize:
+      base = quant.quantize_tree(base, self._shapes, self.quantize, self.double_quant)
     return adapters, ({"base": base} if frozen is None else {"base": base, "stage": frozen})
 
   def _apply(self, apply: Callable, frozen: Any, rngs: dict | None) -> Callable:
     def adapted(params, tokens, **kwargs):
       if rngs is not None:
         kwargs["rngs"] = rngs
-      return apply(lora_lib.join(params, frozen["base"]), tokens, **kwargs)
+      base = quant.dequantize_tree(frozen["base"])  # QLoRA: the float base, for this step
+      return apply(lora_lib.join(params, base), tokens, **kwargs)
     return adapted
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from absl import logging
 from etils import epath
+import flax
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -21,6 +22,7 @@ from jax.sharding import Mesh
 from lm import config as config_lib
 from lm.model import Decoder, ModelConfig
 from lm.model import lora as lora_lib
+from lm.model import quant
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.train import state as state_lib
@@ -234,7 +236,17 @@ def restore_adapters(workdir: str, config: ml_collections.ConfigDict, model_conf
   adapters = restore_params(workdir, adapters_abstract, adapter_shardings)
   if adapters is None:
     raise FileNotFoundError(f"--workdir={workdir} holds no checkpoint yet")
+  kind = config.lora.get("quantize", "")
+  if kind:  # QLoRA: the base was written quantized; returned dequantized (float32)
+    shapes = {k: v.shape for k, v in flax.traverse_util.flatten_dict(
+        abstract, sep="/").items()}
+    double_quant = config.lora.get("double_quant", False)
+    base_abstract = quant.quantize_tree(base_abstract, shapes, kind, double_quant)
+    base_shardings = quant.quantize_tree(base_shardings, shapes, kind, double_quant)
   base = restore_frozen(workdir, {"base": base_abstract}, {"base": base_shardings})["base"]
+  if kind:
+    float_shardings = lora_lib.split(shardings)[1]
+    base = jax.jit(quant.dequantize_tree, out_shardings=float_shardings)(base)
   return lora, adapters, base
 
 
