@@ -1,14 +1,19 @@
 """LoRA on a training stage (lm/stages/lora.py): from a pre-trained workdir, only the adapters
-train and hold optimizer state; the base is written once, never changes, and resume works."""
+train and hold optimizer state; the base is written once, never changes, and resume works.
+QLoRA keeps that base in 4 bits and serves what it trained."""
 
 import os
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lm.model import lora
+from lm import config as config_lib
+from lm.interop import convert
+from lm.model import Decoder, lora
+from lm.parallel import mesh as mesh_lib
 from lm.stages import train_and_evaluate
 from lm.train import checkpoint as checkpoint_lib
 
@@ -55,3 +60,41 @@ def test_lora_trains_adapters_alone_on_a_frozen_base(make_config, tmp_path):
     np.testing.assert_array_equal(frozen_after[name], value, err_msg=name)
   changed = [k for k, v in flat(resumed["params"]).items() if not np.array_equal(v, adapters[k])]
   assert any(k.endswith("_lora_a") for k in changed) and any(k.endswith("_lora_b") for k in changed)
+
+
+def test_qlora_keeps_a_4_bit_base_and_serves_what_it_trained(make_config, tmp_path):
+  """lora.quantize=nf4 (double quantization): frozen/ holds 4-bit codes for every weight
+  matrix, training reads the dequantized base, and the engine's loader merges the adapters
+  into that same dequantized base."""
+  workdir = str(tmp_path)
+  config = make_config(train__steps=2, train__checkpoint_every=2, lora__rank=4,
+                       lora__quantize="nf4", lora__double_quant=True, train__lr=1e-2)
+  train_and_evaluate(config, workdir)
+  frozen = read(os.path.join(workdir, checkpoint_lib.FROZEN_DIR))["base"]
+  codes = {k: v for k, v in flat(frozen).items() if k.endswith("codes")}
+  assert "layers/mlp/wo/codes" in codes and "layers/attention/query/codes" in codes
+  assert all(v.dtype == np.uint8 for v in codes.values())
+  assert flat(frozen)["layers/mlp/wo/absmax"].dtype == np.int8         # double quantization
+  assert flat(frozen)["embed/embedding"].dtype == np.float32           # not a matrix we quantize
+  # Two 4-bit codes a byte for every weight matrix of the model.
+  shapes = flat(jax.eval_shape(lambda: Decoder(config_lib.model_config(config)).init(
+      jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
+  matrices = {k: v.value.size for k, v in shapes.items()
+              if v.value.ndim >= 2 and "embedding" not in k}
+  assert {k: v.size * 2 for k, v in codes.items()} == {k + "/codes": n
+                                                        for k, n in matrices.items()}
+  saved = config_lib.model_config(config)
+  _, model_config, merged = checkpoint_lib.load_for_inference(workdir)
+  assert model_config == saved
+  params = read(os.path.join(workdir, "checkpoints", "2", "state"))["params"]
+  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  spec, adapters, base = checkpoint_lib.restore_adapters(
+      workdir, convert.read_workdir_config(workdir), model_config, mesh)
+  assert flat(adapters).keys() == flat(params).keys()
+  w = np.asarray(flat(base)["layers/mlp/wo"])
+  assert len(np.unique(w[0].reshape(-1)[:64])) <= 16  # one block of 64: 16 NF4 levels at most
+  tokens = jnp.asarray(np.arange(24).reshape(2, 12) % 250, jnp.int32)
+  ours = lora.adapt(Decoder(model_config), spec).apply(
+      {"params": lora.join(adapters, base)}, tokens)
+  served = Decoder(model_config).apply({"params": merged}, tokens)
+  assert np.abs(np.asarray(ours) - np.asarray(served)).max() < 1e-4
