@@ -424,6 +424,29 @@ Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
 TOKENIZERS = {"byte": ByteTokenizer}
 
 
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # in a workdir: the template its model was tuned on
+
+
+def save_chat_template(tokenizer: Tokenizer, workdir: str) -> None:
+  """Writes a Hugging Face tokenizer's chat template into `workdir`, so that the model is
+  served with the template it was trained on even if the tokenizer directory changes. (The
+  byte and SentencePiece templates are the role tokens, fixed by the tokenizer itself.)"""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  template = getattr(tokenizer, "chat_template", None)
+  if template:
+    (epath.Path(workdir) / CHAT_TEMPLATE_FILE).write_text(template)
+
+
+def for_workdir(name: str, workdir: str) -> Tokenizer:
+  """The tokenizer `name` with the chat template saved in `workdir`, where there is one."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  tokenizer = get(name)
+  saved = epath.Path(workdir) / CHAT_TEMPLATE_FILE
+  if isinstance(tokenizer, HFTokenizer) and saved.exists():
+    tokenizer.chat_template = saved.read_text()
+  return tokenizer
+
+
 def get(name: str) -> Tokenizer:
   """The tokenizer `data.tokenizer` names: "byte", "spm:PATH" or "hf:DIR"."""
   if name.startswith("hf:"):

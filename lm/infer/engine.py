@@ -212,7 +212,8 @@ class Engine:
     from lm.data import tokenizer as tokenizer_lib
     from lm.train.checkpoint import load_for_inference
     config, model_config, params = load_for_inference(workdir)
-    engine = cls(model_config, params, tokenizer_lib.get(config.data.tokenizer), mesh=mesh)
+    engine = cls(model_config, params, tokenizer_lib.for_workdir(config.data.tokenizer, workdir),
+                 mesh=mesh)
     engine.name = epath.Path(workdir).name or "lm"
     return engine
 

@@ -217,6 +217,7 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
     state, data_state = restored
   if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
     save_config(config, workdir)
+    tokenizer_lib.save_chat_template(setup.tokenizer, workdir)  # what lm chat / serve render
   if restored is not None:  # continue the input streams where the checkpoint left them
     reason = pipeline_lib.why_not_resumable(train_data, data_state)
     if reason is None:
