@@ -352,7 +352,8 @@ def _local_source(source: str, data: ml_collections.ConfigDict) -> Source:
 def _few_download_retries(retries: int = 2):
   """TFDS retries a failed request 10 times with exponential backoff: minutes before a machine
   without network learns that it has none. Two retries ride out a blip and fail in seconds."""
-  from tensorflow_datasets.core.download import downloader  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_datasets.core.download import downloader
   saved = downloader.MAX_RETRIES
   downloader.MAX_RETRIES = retries
   try:

@@ -170,7 +170,8 @@ def test_a_state_saved_for_other_streams_does_not_apply(tmp_path):
 # Held-out documents with multi-byte characters, one longer than a row, one empty: 3 batches
 # of 8 x 32 tokens, the last one padded.
 HELD_OUT = ["[held out 0] Grüße aus Köln, naïve café", "[held out 1] " + "日本語のテキスト。" * 4,
-            "[held out 2] ½ → ∞ and 🙂🎉", "", *(f"[held out {i}] " + "abc " * i for i in range(3, 12))]
+            "[held out 2] ½ → ∞ and 🙂🎉", "",
+            *(f"[held out {i}] " + "abc " * i for i in range(3, 12))]
 
 
 def check_eval_set_scores_the_text(tokenizer, docs, **overrides) -> pipeline.EvalSet:
