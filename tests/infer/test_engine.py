@@ -164,6 +164,26 @@ def test_stream_yields_growing_prefixes_of_the_final_completion(engine, greedy_b
   assert snapshots[0][0].stop_reason is None
 
 
+def test_cancelled_rows_stop_between_chunks_and_the_others_do_not_notice(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  asked = []
+
+  def cancelled():  # asked before each chunk: row 0 is cancelled from the second on
+    asked.append(len(asked))
+    return [len(asked) >= 2, False, False]
+
+  *_, final = engine.stream(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                            stop_token_ids=[], chunk_tokens=4, cancelled=cancelled)
+  assert final[0].stop_reason == "cancelled"
+  assert final[0].tokens == completions[0].tokens[:5]  # prefill's token and one chunk of 4
+  assert final[1:] == completions[1:]
+  # When every row is cancelled, decoding ends at once: no chunk runs after the prefill.
+  *_, final = engine.stream(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                            stop_token_ids=[], chunk_tokens=4, cancelled=lambda: [True] * 3)
+  assert [len(c.tokens) for c in final] == [1, 1, 1]
+  assert {c.stop_reason for c in final} == {"cancelled"}
+
+
 def test_sliding_window_engine_matches_the_full_forward_pass():
   cfg = presets.get("tiny").replace(sliding_window=4)
   from lm.data.tokenizer import ByteTokenizer  # pylint: disable=import-outside-toplevel
