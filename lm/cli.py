@@ -93,13 +93,14 @@ def sample(argv) -> None:
   del argv
   _require("workdir")
   # pylint: disable=import-outside-toplevel
-  from lm.infer.engine import Engine
+  from lm.infer.engine import Engine, document_prompt
   from lm.infer.sampling import SamplingParams
   engine = Engine.from_workdir(FLAGS.workdir)
-  prompt = engine.tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
+  prompt = document_prompt(engine.tokenizer, FLAGS.prompt)
   max_len = engine.config.max_seq_len
   max_new = min(FLAGS.max_new_tokens, max_len - 1)
-  prompt = prompt[-(max_len - max_new):]  # the context the model can see
+  prompt = prompt[-(max_len - max_new):]  # the context the model can see (as a row that
+                                          # continues a long document: no <bos>)
   [completion] = engine.generate([prompt], max_new, SamplingParams(
       FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed)
   print(FLAGS.prompt + completion.text)

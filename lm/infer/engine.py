@@ -169,6 +169,16 @@ def _cancel(state: DecodeState, cancelled: jax.Array) -> DecodeState:
                        reason=jnp.where(stopping, _CANCELLED, state.reason))
 
 
+def document_prompt(tokenizer: Any, text: str) -> list[int]:
+  """The token ids of `text` as the start of a document, framed as training frames one
+  (`lm.data.pipeline.Tokenize`: `<bos>` first when the tokenizer has it), so a continuation
+  is conditioned as the model learned."""
+  ids = [int(t) for t in tokenizer.encode(text, add_bos=tokenizer.bos_id is not None)]
+  if not ids:
+    raise ValueError("the prompt is empty and the tokenizer has no <bos> to start it")
+  return ids
+
+
 class Engine:
   """Batched generation from one model on one mesh; see the module docstring."""
 

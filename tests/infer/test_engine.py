@@ -243,3 +243,19 @@ def test_set_params_takes_scanned_or_unrolled_parameters(engine, greedy_batch):
       assert [c.tokens for c in again] == [c.tokens for c in completions]
   finally:
     engine.set_params(unrolled)
+
+
+def test_lm_sample_starts_the_prompt_like_a_training_document(engine, workdir):
+  """`lm sample --prompt=P` continues P as training framed it: a document opens with <bos>
+  (the pipeline's Tokenize), so the greedy text is the engine's from those tokens."""
+  from lm.data.pipeline import Tokenize  # pylint: disable=import-outside-toplevel
+  text = "The fox"
+  prompt = Tokenize(engine.tokenizer)(text)["inputs"]  # <bos> text, as training reads it
+  assert prompt[0] == engine.tokenizer.bos_id
+  [expected] = engine.generate([prompt], max_new_tokens=12, sampling=GREEDY)
+  result = subprocess.run(
+      [sys.executable, "-m", "lm", "sample", f"--workdir={workdir}", f"--prompt={text}",
+       "--max_new_tokens=12", "--temperature=0"], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout == text + expected.text + "\n"
