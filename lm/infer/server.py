@@ -302,9 +302,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """False once the client has closed its end (readable with nothing to read: EOF).
     A client that half-closes its socket after the request counts as gone too."""
     try:
-      readable, _, _ = select.select([self.connection], [], [], 0)
-      return not readable or bool(self.connection.recv(1, socket.MSG_PEEK))
-    except (OSError, ValueError):
+      poller = select.poll()  # poll, not select: no limit on the descriptor's number
+      poller.register(self.connection, select.POLLIN)
+      return not poller.poll(0) or bool(self.connection.recv(1, socket.MSG_PEEK))
+    except OSError:
       return False
 
   def _event(self, event: dict) -> None:
