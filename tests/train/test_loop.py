@@ -93,12 +93,19 @@ def test_gradient_accumulation_gives_the_full_batch_gradient_on_2_devices():
     assert error < 1e-5, (accum, error)  # relative to the largest gradient entry
 
 
-def test_adafactor_and_z_loss(make_config, tmp_path):
-  result = train_and_evaluate(make_config(train__optimizer="adafactor", train__z_loss=1e-4),
-                              str(tmp_path))
-  losses = train_losses(str(tmp_path))
+def test_adafactor_and_z_loss_train_and_resume_exactly(make_config, tmp_path):
+  """Adafactor's per-layer state (lm/train/optim.py) shards, saves and restores: 3 steps, then
+  a resumed run to 6, log the losses of 6 uninterrupted steps."""
+  def config(steps):
+    return make_config(train__optimizer="adafactor", train__z_loss=1e-4, train__steps=steps,
+                       train__checkpoint_every=3)
+  result = train_and_evaluate(config(6), str(tmp_path / "full"))
+  losses = train_losses(str(tmp_path / "full"))
   assert losses[6] < losses[1]
   assert result["z_loss"] > 0
+  train_and_evaluate(config(3), str(tmp_path / "resumed"))
+  train_and_evaluate(config(6), str(tmp_path / "resumed"))
+  assert train_losses(str(tmp_path / "resumed")) == losses
 
 
 def test_training_approaches_the_entropy_bound(make_config, tmp_path):
