@@ -9,6 +9,8 @@
             step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
+  lm eval   --workdir=runs/quickstart [--tasks=add,sort --source=builtin:stdlib --output=F]
+            held-out built-in tasks (exact match, multiple choice), perplexity / bits per byte
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
 
@@ -40,7 +42,7 @@ flags.DEFINE_float("temperature", 0.8, "sample, chat: softmax temperature; 0 is 
 flags.DEFINE_integer("top_k", 0, "sample, chat: keep the k most likely tokens; 0 keeps all.")
 flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up to this total "
                    "probability (nucleus); 1 keeps all.")
-flags.DEFINE_integer("seed", 0, "sample, chat: random seed.")
+flags.DEFINE_integer("seed", 0, "sample, chat: random seed; eval: seed of the task items.")
 flags.DEFINE_string("system", None, "chat: the system prompt.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
                     "interface; set --api_key then).")
@@ -61,7 +63,11 @@ flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: t
 flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's memory "
                   "analysis when the target is the local devices.")
 flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
-                    "(local or gs://).")
+                    "(local or gs://); eval: the results JSON (default: "
+                    "--workdir/eval_results.json).")
+flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
+flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
+                    "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
                      "byte pieces included (--config.model.vocab_size must be at least this).")
 flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "tokenizer: SentencePiece algorithm.")
@@ -181,8 +187,38 @@ def tokenizer(argv) -> None:
         f"--config.model.vocab_size={tok.vocab_size}")
 
 
+def evaluate(argv) -> None:
+  """Scores --workdir's model on the held-out built-in tasks (greedy exact match, multiple
+  choice) and on a text source (perplexity); writes the results JSON and prints a table."""
+  del argv
+  _require("workdir")
+  # pylint: disable=import-outside-toplevel
+  from lm.data.tasks import check_tasks
+  from lm.eval import run as eval_lib
+  from lm.infer.engine import Engine
+  try:
+    tasks = check_tasks(FLAGS.tasks)
+  except ValueError as e:
+    raise ValueError(f"--tasks: {e}") from e
+  data = eval_lib.workdir_data_config(FLAGS.workdir)
+  source = data.source if FLAGS.source is None else FLAGS.source
+  try:
+    documents = eval_lib.held_out_documents(data, source) if source else None
+  except ValueError as e:  # the message names the source
+    if FLAGS.source is not None:
+      raise
+    print(f"No perplexity on the workdir's data.source: {e}")
+    documents = None
+  results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir), tasks, documents, source,
+                              seed=FLAGS.seed)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "eval_results.json")
+  eval_lib.write_results(results, output)
+  print(eval_lib.format_table(results))
+  print(f"Wrote {output}")
+
+
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "plan": plan, "tokenizer": tokenizer}
+            "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
 
 
 # Errors whose messages are written for the operator (they name the field, flag or file).

@@ -47,6 +47,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.infer import sampling as sampling_lib
+from lm.infer import scoring
 from lm.infer.sampling import SamplingParams
 from lm.model import Decoder, KVCache, ModelConfig
 from lm.model.attention import cache_slots
@@ -422,3 +423,35 @@ class Engine:
         low = mid + 1
     return Completion(tokens[:low], text[:position], logprobs[:low], "stop_sequence", stop,
                       prompt_tokens)
+
+  # -- Scoring ------------------------------------------------------------------------------
+
+  def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+            batch_size: int = 64) -> list[np.ndarray]:
+    """log p(continuation token | prompt, earlier continuation tokens) under the engine's
+    parameters: one float32 array per row, as long as its continuation (token ids both).
+    Rows go through the model `batch_size` at a time (fewer where their logits would pass
+    scoring.MAX_LOGITS), right-padded (lm/infer/scoring.py)."""
+    prompts, continuations = scoring.check_rows(prompts, continuations, self.config.max_seq_len,
+                                                self.config.vocab_size)
+    if not prompts:
+      return []
+    if not hasattr(self, "_score"):
+      self._score = jax.jit(functools.partial(scoring.token_logprobs, self.model))
+    placement = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    longest = _bucket(max(len(p) + len(c) for p, c in zip(prompts, continuations)), 8)
+    batch_size = scoring.rows_per_batch(batch_size, longest, self.config.vocab_size,
+                                        self.batch_multiple)
+    out = []
+    for begin in range(0, len(prompts), batch_size):
+      rows = slice(begin, begin + batch_size)
+      chunk_prompts, chunk_continuations = prompts[rows], continuations[rows]
+      batch = _bucket(len(chunk_prompts), self.batch_multiple)
+      batch += -batch % self.batch_multiple
+      length = _bucket(max(len(p) + len(c) for p, c in zip(chunk_prompts, chunk_continuations)), 8)
+      tokens = scoring.pack(chunk_prompts, chunk_continuations, batch, length)
+      with self._context():
+        logprobs = self._score(self.params, jax.device_put(tokens, placement))
+      out += scoring.unpack(np.asarray(jax.device_get(logprobs)), chunk_prompts,
+                            chunk_continuations)
+    return out
