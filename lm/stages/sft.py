@@ -111,14 +111,17 @@ class Stage(pretrain.TokenStage):
                      self.example.seq_len)
     return pipeline_lib.example_batches(records, self.example, config, rows, seed)
 
-  def eval_batches(self, records: Sequence, config: ml_collections.ConfigDict,
-                   rows: slice) -> list[dict[str, np.ndarray]]:
-    batches = pipeline_lib.example_batches(records, self.example, config, rows, seed=0,
-                                           shuffle=False)
-    try:
-      return [next(batches) for _ in range(config.train.eval_batches)]
-    finally:
-      batches.close()
+  def eval_set(self, records: Sequence, config: ml_collections.ConfigDict,
+               rows: slice) -> pipeline_lib.EvalSet:
+    return pipeline_lib.example_eval_set(records, self.example, config, rows)
+
+  def eval_metrics(self, totals: dict[str, float], eval_set: pipeline_lib.EvalSet
+                   ) -> dict[str, float]:
+    """Loss, perplexity and count of the held-out assistant tokens (no bits per byte: the
+    end-of-turn tokens stand for no text)."""
+    metrics = pretrain.token_eval_metrics(totals, 0)
+    del metrics["eval_bits_per_byte"]
+    return metrics
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return pipeline_lib.example_batch(batch_size, seq_len)
