@@ -35,7 +35,7 @@ V_BASE, D, F, N, K, H, LAYERS = 256, 64, 128, 4, 2, 16, 2
 TYPES = {"token_embd": Q.F32, "output": Q.Q8_0, "attn_q": Q.Q8_0, "attn_k": Q.Q4_1,
          "attn_v": Q.Q8_0, "attn_output": Q.Q4_1, "ffn_gate": Q.Q4_1, "ffn_up": Q.Q8_0,
          "ffn_down": Q.Q4_1}
-MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "r e", "a t"]
+MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "e r", "o n", "Ġ s", "r e", "a t", "1 2"]
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -191,7 +191,7 @@ def test_forward_matches_transformers_gguf_load(tiny):
   np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
 
 
-TEXTS = ["the cat sat on the mat", "Hello, World! 1234567 there", "  leading spaces\n\ttab",
+TEXTS = ["the cat sat on the mat", "Hello, World! there", "  leading spaces\n\ttab",
          "héllo wörld ✓ 日本語 😀", "<|im_start|>user\nhi there<|im_end|>", "def f(x):\n  return x**2"]
 
 
@@ -202,7 +202,12 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tiny):
   for text in TEXTS:
     assert got.encode(text).tolist() == want(text, add_special_tokens=False)["input_ids"], text
   assert got.encode(" the").tolist() == [tiny_tokens()[0].index("Ġthe")]  # merges are used
-  assert len(got.encode("12")) == 2  # smollm splits every digit
+  # llama.cpp's "smollm" pre-tokenizer (like SmolLM2's own tokenizer.json) splits every digit
+  # before the merges, so the merge "1 2" never applies; transformers 5.24's GGUF tokenizer
+  # lacks that split (SmolLM2's real vocabulary has no multi-digit merges: no difference there).
+  digits = [tiny_tokens()[0].index(c) for c in "1234567"]
+  assert got.encode("1234567").tolist() == digits
+  assert want("12", add_special_tokens=False)["input_ids"] == [tiny_tokens()[0].index("12")]
   chat = [{"role": "user", "content": "there the ✓"}, {"role": "assistant", "content": "at"}]
   rendered = got.render_chat(chat, add_generation_prompt=True)
   assert got.encode(rendered).tolist() == want.apply_chat_template(
@@ -289,9 +294,10 @@ def test_smollm2_logits_match_transformers_gguf_load(smollm2):
     want = smollm2["hf_model"](torch.tensor([ids])).logits.numpy()
   got = np.asarray(Decoder(smollm2["config"]).apply({"params": smollm2["params"]},
                                                      jnp.asarray([ids])))
-  # Float32 rounding over 30 layers: transformers' own float32 logits differ from its float64
-  # ones by up to 9e-5 here; |logits| reach 30.
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+  # The weights are bit-identical to transformers' dequantization; what differs is float32
+  # rounding over 30 layers: 1.1e-4 at most on these 40 tokens (|logits| reach 30), where
+  # transformers' own float32 and float64 logits differ by up to 9e-5.
+  np.testing.assert_allclose(got, want, atol=2e-4, rtol=0)
   assert np.array_equal(got.argmax(-1), want.argmax(-1))
 
 
