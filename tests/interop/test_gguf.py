@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import gguf
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -364,3 +365,20 @@ def test_fetch_is_cached_and_checks_sha256(smollm2, tmp_path, monkeypatch):
   assert not list(cache.rglob("*.gguf"))  # a file that failed the check is never cached
   with pytest.raises(ValueError, match="model 'nope' is not known"):
     fetch_lib.fetch("nope")
+
+
+def test_training_starts_from_the_import(tiny, make_config, tmp_path):
+  """--config.init_from=WORKDIR inside the train loop's mesh: after one step at a learning
+  rate of 1e-30 the checkpoint holds the imported parameters."""
+  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  config = make_config(train__steps=1, train__lr=1e-30, train__warmup_steps=0,
+                       train__checkpoint_every=1, train__batch_size=2, train__seq_len=16)
+  with config.unlocked():
+    config.init_from = tiny["workdir"]
+  run = str(tmp_path / "run")
+  train_and_evaluate(config, run)
+  _, model_config, params = load_for_inference(run)
+  assert model_config.vocab_size == tiny["config"].vocab_size
+  assert jax.tree.structure(params) == jax.tree.structure(tiny["params"])
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(tiny["params"])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-20)
