@@ -116,6 +116,10 @@ def hf_config(meta: dict[str, Any], tensor_names: set[str], path: str = "") -> d
   heads = int(get("attention.head_count"))
   d = int(get("embedding_length"))
   head_dim = int(meta.get(f"{arch}.attention.key_length") or d // heads)
+  rotary = int(meta.get(f"{arch}.rope.dimension_count") or head_dim)
+  if rotary != head_dim:
+    raise ValueError(f"{path}: {arch}.rope.dimension_count={rotary} (partial rotary) is not "
+                     f"supported; lm rotates the whole head ({head_dim})")
   tokens = meta.get("tokenizer.ggml.tokens") or []
   config = {
       "model_type": ARCHITECTURES[arch],
