@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from lm import config as config_lib
@@ -97,26 +96,28 @@ def make_train_step(model: Decoder, tx: optax.GradientTransformation, loss_fn: C
   return train_step
 
 
-def make_eval_step(model: Decoder, loss_fn: Callable, token_bytes: np.ndarray) -> Callable:
-  """params, batch -> sums of nll, tokens and bytes (bits per byte compares tokenizers)."""
-  token_bytes = jnp.asarray(token_bytes)
+def make_eval_step(model: Decoder, loss_fn: Callable) -> Callable:
+  """params, batch -> sums of nll and tokens."""
 
   def eval_step(params, batch):
     _, sums = loss_fn(lambda p, t, **kw: model.apply({"params": p}, t, **kw), params, batch)
-    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
     return sums
 
   return eval_step
 
 
-def evaluate(eval_step: Callable, params, eval_batches: list) -> dict[str, float]:
+def evaluate(eval_step: Callable, params, eval_batches: list, num_bytes: int
+             ) -> dict[str, float]:
+  """Loss over every batch; bits per byte over `num_bytes`, the bytes of the evaluated text
+  (pipeline_lib.EvalSet), so that it compares tokenizers."""
   totals: dict[str, float] = {}
   for batch in eval_batches:
     for name, value in jax.device_get(eval_step(params, batch)).items():
       totals[name] = totals.get(name, 0.0) + float(value)
   loss = totals["nll"] / max(totals["weight"], 1.0)
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-          "eval_bits_per_byte": totals["nll"] / math.log(2) / max(totals["bytes"], 1.0)}
+          "eval_bits_per_byte": totals["nll"] / math.log(2) / max(num_bytes, 1),
+          "eval_tokens": totals["weight"]}
 
 
 def raise_if_nonfinite(state: state_lib.TrainState, manager, to_close: list) -> None:
@@ -191,25 +192,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:  # only now: a config the checkpoints refused must not replace theirs
       save_config(config, workdir)
     if restored is not None:  # continue the input streams where the checkpoint left them
-      reason = pipeline_lib.why_not_resumable(train_data, data_state)
-      if reason is None:
-        train_data.set_state(data_state)
-      else:
-        logging.warning("The data position in the checkpoint at step %d does not apply (%s); "
-                        "the input streams restart with a new shuffle (seed %d + step)",
-                        start_step, reason, config.seed)
-        train_data.close()
-        train_data = pipeline_lib.train_batches(source.train, tokenizer, config, rows,
-                                                seed=config.seed + start_step)
+      train_data = pipeline_lib.resume(train_data, data_state, start_step, source.train,
+                                       tokenizer, config, rows)
 
     train_step = jax.jit(make_train_step(model, tx, stage.loss_fn, t),
                          in_shardings=(shardings, data_sharding),
                          out_shardings=(shardings, rules_lib.replicated(mesh)),
                          donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, stage.loss_fn, tokenizer.token_bytes),
+    eval_step = jax.jit(make_eval_step(model, stage.loss_fn),
                         in_shardings=(shardings.params, data_sharding))
-    eval_data = [to_global(b) for b in pipeline_lib.eval_batches(source.eval, tokenizer,
-                                                                  config, rows)]
+    eval_set = pipeline_lib.eval_set(source.eval, tokenizer, config, rows)
+    eval_data = [to_global(b) for b in eval_set.batches]
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main, start_step=start_step)
     progress = metrics_lib.ProgressLine(t.steps, enabled=is_main)
@@ -264,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           raise_if_nonfinite(state, manager, [train_data, progress, writer])
 
         if done % t.eval_every == 0 or done == t.steps:
-          eval_metrics = evaluate(eval_step, state.params, eval_data)
+          eval_metrics = evaluate(eval_step, state.params, eval_data, eval_set.bytes)
           writer.write(done, eval_metrics)
           progress.message(f"eval at step {done}: loss {eval_metrics['eval_loss']:.4f} | "
                            f"ppl {eval_metrics['eval_perplexity']:.2f} | "

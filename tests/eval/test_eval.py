@@ -136,7 +136,7 @@ def test_perplexity_and_bits_per_byte(eval_engine):
     logprobs = reference_logprobs(eval_engine, ids)
     nll -= logprobs[np.arange(len(ids) - 1), ids[1:]].sum()
     tokens += len(ids) - 1
-  num_bytes = sum(len(t.encode()) for t in documents)
+  num_bytes = len("\n".join(documents).encode()) + 1  # one byte per document end
   assert (result["tokens"], result["bytes"], result["documents"]) == (tokens, num_bytes, 2)
   assert result["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
   assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / num_bytes, rel=1e-5)
