@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.b1 = 0.9
   config.train.b2 = 0.95
   config.train.eps = 1e-8
-  config.train.weight_decay = 0.1
+  config.train.weight_decay = 0.1         # decoupled, x lr schedule; not norms or biases
   config.train.grad_clip = 1.0            # global-norm clipping; 0 disables
   config.train.z_loss = 0.0               # weight of log(Z)^2 (PaLM uses 1e-4)
   # A non-finite loss or gradient norm never updates the state (lm/train/guard.py); then:
@@ -77,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.eval_batches = 8
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
-  config.train.peak_flops = 0.0           # per device, for MFU; 0: look up the device kind
+  config.train.peak_flops = 0.0           # per device, for MFU; 0: the device kind's table
+                                          # entry (a CPU: its matmul rate, measured)
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes

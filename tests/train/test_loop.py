@@ -3,11 +3,15 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from lm.stages import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read_metrics(workdir):
@@ -73,20 +77,35 @@ def test_resume_continues_exactly(short_run, make_config, tmp_path):
   assert len(train_losses(workdir)) == 6
 
 
-def test_gradient_accumulation_matches_the_full_batch(short_run, make_config, tmp_path):
-  _, full_workdir, _ = short_run
-  train_and_evaluate(make_config(train__grad_accum=4, train__steps=3), str(tmp_path))
-  accumulated, full = train_losses(str(tmp_path)), train_losses(full_workdir)
-  for step in (1, 2, 3):
-    assert accumulated[step] == pytest.approx(full[step], rel=1e-5)
+def test_gradient_accumulation_gives_the_full_batch_gradient_on_2_devices():
+  """One SGD step (lr 1) of the train step on 2 data-parallel devices, with 1 and 4
+  micro-batches whose loss masks hold 32, 17, 2 and 0 tokens: minus the update equals the
+  gradient of the token mean over the whole batch, computed directly (tests/train/
+  accum_worker.py). A mean of micro-batch means would be off by far more than rounding."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  result = subprocess.run([sys.executable, "-m", "tests.train.accum_worker"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  errors = json.loads(result.stdout.split("RESULT ", 1)[1])
+  assert set(errors) == {"1", "4"}
+  for accum, error in errors.items():
+    assert error < 1e-5, (accum, error)  # relative to the largest gradient entry
 
 
-def test_adafactor_and_z_loss(make_config, tmp_path):
-  result = train_and_evaluate(make_config(train__optimizer="adafactor", train__z_loss=1e-4),
-                              str(tmp_path))
-  losses = train_losses(str(tmp_path))
+def test_adafactor_and_z_loss_train_and_resume_exactly(make_config, tmp_path):
+  """Adafactor's per-layer state (lm/train/optim.py) shards, saves and restores: 3 steps, then
+  a resumed run to 6, log the losses of 6 uninterrupted steps."""
+  def config(steps):
+    return make_config(train__optimizer="adafactor", train__z_loss=1e-4, train__steps=steps,
+                       train__checkpoint_every=3)
+  result = train_and_evaluate(config(6), str(tmp_path / "full"))
+  losses = train_losses(str(tmp_path / "full"))
   assert losses[6] < losses[1]
   assert result["z_loss"] > 0
+  train_and_evaluate(config(3), str(tmp_path / "resumed"))
+  train_and_evaluate(config(6), str(tmp_path / "resumed"))
+  assert train_losses(str(tmp_path / "resumed")) == losses
 
 
 def test_training_approaches_the_entropy_bound(make_config, tmp_path):

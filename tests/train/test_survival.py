@@ -81,6 +81,8 @@ def test_kill_9_at_a_random_step_then_rerun_gives_the_same_losses(
   wait_for_step(process, tmp_path, kill_at)
   process.kill()
   process.wait()
+  # Killed by the signal, not finished first (a run that ended would leave nothing to test).
+  assert process.returncode == -signal.SIGKILL, process.returncode
   rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "Resuming from checkpoint at step" in rerun.stdout or kill_at < 2
