@@ -263,3 +263,11 @@ def test_lm_plan_command():
   result = run("--accelerator=v5p", "--num_devices=100", "--config.mesh.fsdp=64")
   assert result.returncode == 2
   assert "mesh.data * mesh.fsdp * mesh.tensor = 64 but there are 100 devices" in result.stderr
+  result = run("--accelerator=v5p-256", "--num_slices=4", "--config.mesh.dcn_data=4",
+               "--config.train.batch_size=512")
+  assert result.returncode == 0, result.stderr
+  assert "4 slices x 128 x TPU v5p (mesh data=4 fsdp=128 tensor=1)" in result.stdout
+  assert "DCN bound: 529.2 ms per step across 4 slices" in result.stdout
+  result = run("--accelerator=v5p-256", "--num_slices=4")
+  assert result.returncode == 2
+  assert "mesh.dcn_data * mesh.dcn_fsdp = 1 but there are 4 slices" in result.stderr
