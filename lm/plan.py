@@ -132,6 +132,9 @@ def resolve_target(accelerator: str | None = None, num_devices: int | None = Non
                      f"({count} chips" + (f" in {num_slices} slices" if num_slices > 1 else "")
                      + "); give one of them")
   count = count or num_devices or jax.device_count()
+  if count % num_slices:
+    raise ValueError(f"--num_slices={num_slices} does not divide the {count} devices into "
+                     "slices of equal size")
   try:
     local = local_accelerator()
   except ValueError:
@@ -431,6 +434,10 @@ def _seconds(x: float) -> str:
   return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _bytes(x: float) -> str:
+  return f"{x / GiB:.2f} GiB" if x >= GiB / 10 else f"{x / 2 ** 20:.1f} MiB"
+
+
 def format_plan(p: Plan) -> str:
   """The plan as a small table and a few lines, for the terminal."""
   m, c, a = p.model, p.compiled, p.activations
@@ -492,7 +499,7 @@ def format_plan(p: Plan) -> str:
                + (" (DCN-bound)" if p.dcn_seconds > step else ""))
     lines.append(
         f"DCN bound: {_seconds(p.dcn_seconds)} per step across {p.num_slices} slices: "
-        f"{p.dcn_traffic / GiB:.2f} GiB sent per host ({p.hosts_per_slice} hosts per slice, "
-        f"{bandwidth} each){verdict}")
+        f"{_bytes(p.dcn_traffic)} sent per host ({p.hosts_per_slice} "
+        f"host{'s' if p.hosts_per_slice > 1 else ''} per slice, {bandwidth} each){verdict}")
   lines += [f"note: {note}" for note in p.notes]
   return "\n".join(lines)

@@ -106,6 +106,8 @@ def test_dcn_fsdp_gathers_weights_across_slices():
     (dict(accelerator="v5p-256"), 2, "mesh.dcn_data * mesh.dcn_fsdp = 2 but there is 1 slice"),
     (dict(accelerator="v5p-256", num_devices=128, num_slices=2), 2,
      "--num_devices=128 contradicts --accelerator='v5p-256' (256 chips in 2 slices)"),
+    (dict(accelerator="v5p", num_devices=63, num_slices=2), 2,
+     "--num_slices=2 does not divide the 63 devices"),
 ])
 def test_slices_and_dcn_axes_must_agree(kwargs, dcn, message):
   config = make_config("llama3-8b", fsdp=-1)
