@@ -193,6 +193,7 @@ class Plan:
   frozen: float = 0.0         # the stage's frozen parameters (outside the optimizer)
   num_frozen: int = 0
   num_slices: int = 1
+  hosts_per_slice: int = 1
   dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
 
   @property
@@ -217,10 +218,6 @@ class Plan:
   def dcn_seconds(self) -> float:
     """The DCN traffic's time per step (NaN where the table has no bandwidth)."""
     return self.dcn_traffic / self.accelerator.dcn_bandwidth if self.dcn_traffic else 0.0
-
-  @property
-  def hosts_per_slice(self) -> int:
-    return max(1, self.num_devices // self.num_slices // self.accelerator.chips_per_host)
 
 
 def dcn_bytes_per_host(gradient_bytes: float, dcn_data: int, dcn_fsdp: int,
@@ -398,7 +395,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
               * t.batch_size * t.seq_len,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
-              num_slices=num_slices, dcn_traffic=dcn_traffic)
+              num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic)
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
