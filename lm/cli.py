@@ -204,16 +204,14 @@ def evaluate(argv) -> None:
   try:
     tasks = check_tasks(FLAGS.tasks)
   except ValueError as e:
-    sys.stderr.write(f"--tasks: {e}\n")
-    sys.exit(2)
+    raise ValueError(f"--tasks: {e}") from e
+  data = eval_lib.workdir_data_config(FLAGS.workdir)
+  source = data.source if FLAGS.source is None else FLAGS.source
   try:
-    data = eval_lib.workdir_data_config(FLAGS.workdir)
-    source = data.source if FLAGS.source is None else FLAGS.source
     documents = eval_lib.held_out_documents(data, source) if source else None
-  except (ValueError, FileNotFoundError) as e:  # the message names --workdir or the source
-    if FLAGS.source is not None or isinstance(e, FileNotFoundError):
-      sys.stderr.write(f"{e}\n")
-      sys.exit(2)
+  except ValueError as e:  # the message names the source
+    if FLAGS.source is not None:
+      raise
     print(f"No perplexity on the workdir's data.source: {e}")
     documents = None
   results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir), tasks, documents, source,

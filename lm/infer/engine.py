@@ -231,7 +231,8 @@ class Engine:
     from lm.data import tokenizer as tokenizer_lib
     from lm.train.checkpoint import load_for_inference
     config, model_config, params = load_for_inference(workdir)
-    engine = cls(model_config, params, tokenizer_lib.get(config.data.tokenizer), mesh=mesh)
+    engine = cls(model_config, params, tokenizer_lib.for_workdir(config.data.tokenizer, workdir),
+                 mesh=mesh)
     engine.name = epath.Path(workdir).name or "lm"
     return engine
 
@@ -430,12 +431,18 @@ class Engine:
             batch_size: int = 64) -> list[np.ndarray]:
     """log p(continuation token | prompt, earlier continuation tokens) under the engine's
     parameters: one float32 array per row, as long as its continuation (token ids both).
-    Rows go through the model `batch_size` at a time, right-padded (lm/infer/scoring.py)."""
+    Rows go through the model `batch_size` at a time (fewer where their logits would pass
+    scoring.MAX_LOGITS), right-padded (lm/infer/scoring.py)."""
     prompts, continuations = scoring.check_rows(prompts, continuations, self.config.max_seq_len,
                                                 self.config.vocab_size)
+    if not prompts:
+      return []
     if not hasattr(self, "_score"):
       self._score = jax.jit(functools.partial(scoring.token_logprobs, self.model))
     placement = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    longest = _bucket(max(len(p) + len(c) for p, c in zip(prompts, continuations)), 8)
+    batch_size = scoring.rows_per_batch(batch_size, longest, self.config.vocab_size,
+                                        self.batch_multiple)
     out = []
     for begin in range(0, len(prompts), batch_size):
       rows = slice(begin, begin + batch_size)

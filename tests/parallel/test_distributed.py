@@ -41,6 +41,11 @@ def losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def eval_metrics(workdir, step: int) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return next(r for r in map(json.loads, f) if r["step"] == step and "eval_loss" in r)
+
+
 def mesh_overrides(mesh, cache):
   # Two input streams everywhere: the batches of one and of two processes are the same.
   return {"mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
@@ -113,6 +118,10 @@ def test_two_slices_match_one_process_and_resume_on_one_bitwise(tmp_path, data_c
   for step, loss in two_process.items():
     assert loss == pytest.approx(reference_losses[step], rel=1e-5), step
   assert "5" in os.listdir(os.path.join(multi, "checkpoints"))
+  # Each process evaluates its rows of the same global eval batches.
+  evals = [eval_metrics(w, 5) for w in (multi, single)]
+  assert evals[0]["eval_tokens"] == evals[1]["eval_tokens"] == 10_001  # one document of 10k
+  assert evals[0]["eval_loss"] == pytest.approx(evals[1]["eval_loss"], rel=1e-5)
 
   # The parameters the two slices restore (gathered) are those one device restores.
   saved = outputs[0].split("DIGEST ", 1)[1].split()[0]

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from lm import config as config_lib
+from lm.data import tokenizer as tokenizer_lib
 from lm.model import Decoder, presets
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
@@ -63,7 +64,8 @@ def main() -> None:
     global_batch = {k: jax.device_put(v, data_sharding) for k, v in batch.items()}
     for accum in (1, ACCUM):
       config.train.grad_accum = accum
-      step = jax.jit(loop.make_train_step(model, tx, pretrain.loss_fn, config.train),
+      stage = pretrain.Stage(config, tokenizer_lib.ByteTokenizer())
+      step = jax.jit(loop.make_train_step(model, tx, stage, config.train),
                      in_shardings=(shardings, data_sharding))
       new_state, _ = step(state, global_batch)
       updates[accum] = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b),
