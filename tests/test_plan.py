@@ -3,6 +3,7 @@ what JAX saves, its totals against XLA's memory analysis on 8 CPU devices, and `
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,55 @@ def test_big_models_on_big_slices(preset, accelerator, chips):
   assert plan.fits and 0 < plan.activations.total < plan.accelerator.hbm_bytes
   text = plan_lib.format_plan(plan)
   assert f"{chips} x TPU v5p" in text and "fits in HBM: yes" in text and "40% MFU" in text
+
+
+def test_many_slices_add_the_dcn_bound_and_keep_per_device_memory():
+  """4 x v5p-256 (4 x 128 chips, 32 hosts each): per-device memory is that of FSDP over 128
+  chips, with the batch 4 times larger; the gradients cross the DCN once per step."""
+  one = plan_lib.plan(make_config("llama3-70b", fsdp=128, batch_size=128, remat="full",
+                                  dtype="bfloat16"), "v5p-256")
+  config = make_config("llama3-70b", fsdp=-1, batch_size=512, remat="full", dtype="bfloat16")
+  config.mesh.dcn_data = 4
+  four = plan_lib.plan(config, "v5p-256", num_slices=4)
+  assert four.num_devices == 512 and four.mesh == {"data": 4, "fsdp": 128, "tensor": 1}
+  assert (four.params, four.optimizer_state, four.activations.total) == (
+      one.params, one.optimizer_state, one.activations.total)
+  assert one.dcn_traffic == 0 and one.dcn_seconds == 0
+  # Ring all-reduce of the float32 gradients over 4 slices, 2 x 3/4 of them, split over a
+  # slice's 32 hosts, at 50 Gbit/s per chip x 4 chips per host (cloud.google.com/tpu/docs/v5p).
+  gradients = 4 * presets.PUBLISHED_PARAM_COUNTS["llama3-70b"]
+  assert four.dcn_traffic == pytest.approx(2 * 3 / 4 * gradients / 32)
+  assert four.dcn_seconds == pytest.approx(four.dcn_traffic / (4 * 50e9 / 8))
+  text = plan_lib.format_plan(four)
+  assert "4 slices x 128 x TPU v5p" in text and "DCN bound: 529.2 ms" in text
+
+
+def test_dcn_fsdp_gathers_weights_across_slices():
+  config = make_config("llama3-8b", fsdp=-1, batch_size=256, remat="full", dtype="bfloat16")
+  config.mesh.dcn_data, config.mesh.dcn_fsdp = 2, 2
+  plan = plan_lib.plan(config, "v5p-128", num_slices=4)
+  assert plan.mesh == {"data": 2, "fsdp": 128, "tensor": 1}
+  g, hosts = 4 * presets.PUBLISHED_PARAM_COUNTS["llama3-8b"], 16
+  # the all-reduce of half the gradients over 2 slices; over the other 2: 3 bfloat16 weight
+  # gathers (remat) and the gradient reduce-scatter
+  expected = (2 * 1 / 2 * g / 2 + 1 / 2 * (3 * g * 2 / 4 + g)) / hosts
+  assert plan.dcn_traffic == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("kwargs, dcn, message", [
+    (dict(accelerator="v5p-256", num_slices=4), 1,
+     "mesh.dcn_data * mesh.dcn_fsdp = 1 but there are 4 slices"),
+    (dict(accelerator="v5p-256"), 2, "mesh.dcn_data * mesh.dcn_fsdp = 2 but there is 1 slice"),
+    (dict(accelerator="v5p-256", num_devices=128, num_slices=2), 2,
+     "--num_devices=128 contradicts --accelerator='v5p-256' (256 chips in 2 slices)"),
+    (dict(accelerator="v5p", num_devices=63, num_slices=2), 2,
+     "--num_slices=2 does not divide the 63 devices"),
+])
+def test_slices_and_dcn_axes_must_agree(kwargs, dcn, message):
+  config = make_config("llama3-8b", fsdp=-1)
+  config.mesh.dcn_data = dcn
+  with pytest.raises(ValueError, match=re.escape(message)):
+    plan_lib.plan(config, **kwargs)
 
 
 def test_tensor_parallelism_splits_heads_and_mlp():
@@ -215,3 +265,11 @@ def test_lm_plan_command():
   result = run("--accelerator=v5p", "--num_devices=100", "--config.mesh.fsdp=64")
   assert result.returncode == 2
   assert "mesh.data * mesh.fsdp * mesh.tensor = 64 but there are 100 devices" in result.stderr
+  result = run("--accelerator=v5p-256", "--num_slices=4", "--config.mesh.dcn_data=4",
+               "--config.train.batch_size=512")
+  assert result.returncode == 0, result.stderr
+  assert "4 slices x 128 x TPU v5p (mesh data=4 fsdp=128 tensor=1)" in result.stdout
+  assert "DCN bound: 529.2 ms per step across 4 slices" in result.stdout
+  result = run("--accelerator=v5p-256", "--num_slices=4")
+  assert result.returncode == 2
+  assert "mesh.dcn_data * mesh.dcn_fsdp = 1 but there are 4 slices" in result.stderr
