@@ -18,8 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_mask, cache_mask,
-                                cache_positions, rope_angles)
+from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_kernel,
+                                attention_mask, cache_mask, cache_positions, rope_angles)
 from lm.model.config import ModelConfig
 from lm.model.layers import Embed, Mlp, Norm, param, token_matmul, weight_init
 
@@ -78,7 +78,12 @@ class Decoder(nn.Module):
       sin = cos = None
     else:
       sin, cos = rope_angles(cfg, positions)  # [B, T, H/2]
-    mask = None if segment_ids is None else attention_mask(segment_ids, cfg.sliding_window)
+    if cache is None and attention_kernel(cfg, tokens.shape[-1]) == "splash":
+      mask = segment_ids  # [B, T] or None: the kernel builds its own masks
+    elif segment_ids is not None:
+      mask = attention_mask(segment_ids, cfg.sliding_window)  # [B, 1, T, T]
+    else:
+      mask = None
     if cache is not None:
       mask = cache_mask(cfg, cache, tokens.shape[-1])  # [B, 1, T, S]
 
