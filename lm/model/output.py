@@ -16,15 +16,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model.layers import token_matmul
-
 LOGIT_AXES = ("act_batch", "act_len", "act_vocab")
 
 
 def output_logits(hidden: jax.Array, w: jax.Array) -> jax.Array:
-  """hidden [B, T, D] times w [D, V] in the compute dtype -> float32 logits [B, T, V]."""
-  logits = nn.with_logical_constraint(token_matmul(hidden, w), LOGIT_AXES)
-  return logits.astype(jnp.float32)
+  """hidden [B, T, D] times w [D, V] in the compute dtype, accumulated and returned in
+  float32 -> logits [B, T, V]: the loss and softmax never see bfloat16-rounded logits.
+  Tokens are flattened first, as in `token_matmul` (one contracted axis for the gradient)."""
+  tokens = hidden.shape[:-1]
+  logits = jnp.dot(hidden.reshape(-1, hidden.shape[-1]), w,
+                   preferred_element_type=jnp.float32)  # [B*T, V]
+  return nn.with_logical_constraint(logits.reshape(*tokens, w.shape[-1]), LOGIT_AXES)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -20,6 +20,11 @@ class Accelerator:
   cores_per_slice_unit: int  # slice names count TensorCores on v4/v5p: v5p-8 is 4 chips
   device_kinds: tuple[str, ...] = ()  # substrings of jax's `device_kind`
 
+  @property
+  def platform(self) -> str:
+    """jax's backend name for it: "tpu", "gpu" or "cpu" (which attention kernel runs)."""
+    return "tpu" if self.name.startswith("TPU") else "cpu" if self.name == "CPU" else "gpu"
+
 
 # The one table of accelerator numbers (per chip, bfloat16 dense).
 ACCELERATORS: dict[str, Accelerator] = {
