@@ -36,22 +36,28 @@ Memory per device:
         dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
         full           s d                              (only the block's input)
       12 d + s d is the final norm's; the bracket is the causal mask [B, N, T, T] (bool and
-      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear at all
-      because the XLA path of `jax.nn.dot_product_attention` materialises them; a fused
-      kernel would not.
+      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear because
+      the XLA path of `jax.nn.dot_product_attention` materialises them. With a fused kernel
+      (model.attention resolving to splash or cudnn on the target) every nT term above is
+      dropped, a float32 log-sum-exp per head (4 n) is kept under remat none and dots, and
+      there is no mask.
     one block's backward = m S(none) + the block's weights gathered over the batch axes
       (data, fsdp) in the compute dtype: its intermediates (recomputed under remat) or their
       gradients, and the FSDP all-gather.
-    the output layer's backward = 8 m v + (s + 4) V D / ways(vocab, embed without batch
+    the output layer's backward = 8 m' v + (s + 4) V D / ways(vocab, embed without batch
       axes): float32 logits kept for the loss gradient and that gradient; the output
       projection gathered in the compute dtype and its full float32 gradient before the
-      reduce-scatter.
+      reduce-scatter. m' = m, or with model.loss_chunk = C the tokens of one chunk,
+      m C / T (lm/model/output.py).
 
   Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
   (the CPU backend computes bfloat16 in float32, so bfloat16 cannot be checked there):
   within 10% over remat none/full/dots/dots_no_batch, fsdp, data and tensor meshes,
   grad_accum, Adafactor and logits-heavy shapes; 20% high for a logits-heavy model with tied
-  embeddings, where XLA reduces partial logits instead of gathering the table.
+  embeddings, where XLA reduces partial logits instead of gathering the table; up to 25%
+  high with the chunked loss on a logits-heavy model, whose saving it gets within 2%.
+  Splash and cuDNN cannot be compiled here (the CPU runs splash in interpret mode), so the
+  fused-kernel terms are not checked against XLA.
 
 Time per step: FLOPs = lm.train.state.flops_per_token x batch_size x seq_len; at 100% MFU
 the step takes FLOPs / (peak x chips); 40% MFU is a realistic target for a tuned run. The
