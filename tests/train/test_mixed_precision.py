@@ -9,9 +9,9 @@ from lm.model import Decoder, presets
 from lm.stages import train_and_evaluate
 from tests.train.test_loop import train_losses
 
-# Largest relative gap between the bfloat16 and float32 training losses at any step of the
-# tiny Markov run below (measured 0.3%; README.md "Mixed precision").
-TOLERANCE = 0.02
+# Largest relative gap allowed between the bfloat16 and float32 training losses at any step
+# of the tiny Markov run below (measured: 0.02%, at step 12: 4.4950 vs 4.4943; README.md).
+TOLERANCE = 0.005
 
 
 def test_bfloat16_training_tracks_float32(make_config, tmp_path):
@@ -23,6 +23,7 @@ def test_bfloat16_training_tracks_float32(make_config, tmp_path):
   full, half = (np.array([runs[d][s] for s in range(1, 13)]) for d in ("float32", "bfloat16"))
   assert full[-1] < full[0] - 0.5  # it learns, so tracking is not trivial
   gap = np.max(np.abs(half - full) / full)
+  print(f"bfloat16 vs float32 losses: largest relative gap {gap:.4f}", half, full)
   assert gap <= TOLERANCE, (gap, half, full)
   assert np.any(half != full)  # bfloat16 really ran
 
