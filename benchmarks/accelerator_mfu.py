@@ -2,6 +2,7 @@
 
     python benchmarks/accelerator_mfu.py                       # ~1B Llama, seq 2048 and 4096
     python benchmarks/accelerator_mfu.py --seq_lens=2048 --steps=5
+    python benchmarks/accelerator_mfu.py --smoke --seq_lens=128 --tokens_per_batch=512  # CPU check
 
 Training: the step `lm train` runs (benchmarks/lm_step.py: sharded state, donated jitted
 step, pretrain loss) on a ~1.2B Llama (Llama 3.2 1B's shape: d 2048, 16 layers, 32 heads,
@@ -50,10 +51,17 @@ flags.DEFINE_integer("steps", 10, "Timed training steps per round (after 3 warm-
 flags.DEFINE_integer("rounds", 3, "Timed rounds; the median is reported.")
 flags.DEFINE_integer("prompt_len", 128, "Decode: prompt tokens.")
 flags.DEFINE_integer("new_tokens", 256, "Decode: tokens generated.")
+flags.DEFINE_bool("smoke", False, "A 4-layer d=128 model: checks the script runs (e.g. on CPU).")
 
 MODEL = dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8,
              d_ff=8192, max_seq_len=8192, rope_theta=500_000.0, tie_embeddings=True,
              dtype="bfloat16")
+SMOKE = dict(MODEL, vocab_size=512, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
+             d_ff=256)
+
+
+def model_fields() -> dict:
+  return SMOKE if FLAGS.smoke else MODEL
 
 
 def maxtext_flops_per_token(m: ModelConfig, seq_len: int) -> float:
@@ -68,7 +76,7 @@ def maxtext_flops_per_token(m: ModelConfig, seq_len: int) -> float:
 def train_config(seq_len: int):
   config = config_lib.base_config()
   config.model.preset = "tiny"
-  for name, value in {**MODEL, "remat": FLAGS.remat, "loss_chunk": FLAGS.loss_chunk}.items():
+  for name, value in {**model_fields(), "remat": FLAGS.remat, "loss_chunk": FLAGS.loss_chunk}.items():
     config.model[name] = value
   config.train.seq_len = seq_len
   config.train.batch_size = max(1, FLAGS.tokens_per_batch // seq_len)
@@ -82,7 +90,7 @@ def train_row(seq_len: int, acc: accelerators.Accelerator) -> dict:
   step = lm_step.TrainStep(config)
   rng = np.random.default_rng(0)
   b, t = config.train.batch_size, seq_len
-  tokens = rng.integers(0, MODEL["vocab_size"], (b, t + 1)).astype(np.int32)
+  tokens = rng.integers(0, model_fields()["vocab_size"], (b, t + 1)).astype(np.int32)
   batch = step.put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
                     "loss_mask": np.ones((b, t), np.float32)})
   for _ in range(3):
@@ -104,7 +112,7 @@ def train_row(seq_len: int, acc: accelerators.Accelerator) -> dict:
 
 
 def decode_row(acc: accelerators.Accelerator) -> dict:
-  m = ModelConfig(**MODEL)
+  m = ModelConfig(**model_fields())
   params = jax.jit(Decoder(m).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
   params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), nn.unbox(params))  # stored in bf16
   engine = Engine(m, params, ByteTokenizer())
