@@ -12,6 +12,7 @@ from ml_collections import config_dict
 
 from lm.model import ModelConfig, presets
 from lm.model.config import model_config_fields
+from lm.train import profile as profile_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -83,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.allow_model_change = False
   config.train.peak_flops = 0.0           # per device, for MFU; 0: the device kind's table
                                           # entry (a CPU: its matmul rate, measured)
+  config.train.profile_steps = ""         # "10:15": JAX profiler trace of steps 10-14 in
+                                          # workdir/profile (lm/train/profile.py); "": none
 
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes
@@ -167,5 +170,9 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
     errors.append(f"train.spike_sigma={t.spike_sigma} must be >= 0 (0 turns the guard off)")
   if t.spike_window <= 0:
     errors.append(f"train.spike_window={t.spike_window} must be positive")
+  try:
+    profile_lib.parse_steps(t.profile_steps)
+  except ValueError as e:
+    errors.append(str(e))
   if errors:
     raise ValueError("Invalid config: " + "; ".join(errors))

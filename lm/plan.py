@@ -36,22 +36,28 @@ Memory per device:
         dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
         full           s d                              (only the block's input)
       12 d + s d is the final norm's; the bracket is the causal mask [B, N, T, T] (bool and
-      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear at all
-      because the XLA path of `jax.nn.dot_product_attention` materialises them; a fused
-      kernel would not.
+      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear because
+      the XLA path of `jax.nn.dot_product_attention` materialises them. With a fused kernel
+      (model.attention resolving to splash or cudnn on the target) every nT term above is
+      dropped, a float32 log-sum-exp per head (4 n) is kept under remat none and dots, and
+      there is no mask.
     one block's backward = m S(none) + the block's weights gathered over the batch axes
       (data, fsdp) in the compute dtype: its intermediates (recomputed under remat) or their
       gradients, and the FSDP all-gather.
-    the output layer's backward = 8 m v + (s + 4) V D / ways(vocab, embed without batch
+    the output layer's backward = 8 m' v + (s + 4) V D / ways(vocab, embed without batch
       axes): float32 logits kept for the loss gradient and that gradient; the output
       projection gathered in the compute dtype and its full float32 gradient before the
-      reduce-scatter.
+      reduce-scatter. m' = m, or with model.loss_chunk = C the tokens of one chunk,
+      m C / T (lm/model/output.py).
 
   Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
   (the CPU backend computes bfloat16 in float32, so bfloat16 cannot be checked there):
   within 10% over remat none/full/dots/dots_no_batch, fsdp, data and tensor meshes,
   grad_accum, Adafactor and logits-heavy shapes; 20% high for a logits-heavy model with tied
-  embeddings, where XLA reduces partial logits instead of gathering the table.
+  embeddings, where XLA reduces partial logits instead of gathering the table; up to 25%
+  high with the chunked loss on a logits-heavy model, whose saving it gets within 2%.
+  Splash and cuDNN cannot be compiled here (the CPU runs splash in interpret mode), so the
+  fused-kernel terms are not checked against XLA.
 
 Across slices (`--num_slices`, `mesh.dcn_data` x `mesh.dcn_fsdp`), what crosses the
 data-center network is a separate bound: per host, ring collectives over n slices move
@@ -87,6 +93,7 @@ from lm import config as config_lib
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import ModelConfig
+from lm.model.attention import attention_kernel
 from lm.parallel import mesh as mesh_lib
 from lm.parallel.accelerators import ACCELERATORS, GiB, Accelerator, local_accelerator
 from lm.parallel import rules as rules_lib
@@ -195,6 +202,7 @@ class Plan:
   num_slices: int = 1
   hosts_per_slice: int = 1
   dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
+  attention: str = "xla"      # the attention kernel model.attention resolves to on the target
 
   @property
   def total(self) -> float:
@@ -254,14 +262,18 @@ def _per_device_bytes(abstract: Any, shardings: Any, mesh: dict[str, int]) -> fl
 
 
 def saved_per_token(model: ModelConfig, remat: str, d: int, n: int, k: int, f: int,
-                    seq_len: int) -> float:
+                    seq_len: int, fused: bool = False) -> float:
   """Bytes one block keeps per token for the backward pass (the formula in the docstring).
 
-  Weight-shaped residuals (compute-dtype casts under remat none) are not included.
+  Weight-shaped residuals (compute-dtype casts under remat none) are not included. `fused`:
+  a splash or cuDNN kernel, which keeps a float32 log-sum-exp per head instead of scores.
   """
   s = model.compute_dtype.itemsize
   h = model.resolved_head_dim
   gated = 1 if model.mlp == "gelu" else 2
+  if fused:  # no [N, T] scores per query token: a float32 log-sum-exp per head, counted once
+    return saved_per_token(model, remat, d, n, k, f, 0) + (4 * n if remat in ("none", "dots")
+                                                            else 0)
   scores = n * seq_len  # [N, T] per query token
   if remat == "full":
     return s * d
@@ -296,12 +308,13 @@ def _block_bytes(abstract_params: Any, shardings: Any, mesh: dict[str, int], num
 def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
                      rules: rules_lib.Rules, mesh: dict[str, int],
                      model_axes: dict[str, int], block_matrices: float,
-                     block_gathered: float) -> Activations:
+                     block_gathered: float, kernel: str = "xla") -> Activations:
   """Activation bytes per device (the formula in the module docstring).
 
   `model_axes`: the mesh with the batch axes set to 1 (weights gathered for a matmul);
   `block_matrices`: one block's weight matrices per device, float32; `block_gathered`:
-  one block's parameters per device once gathered over the batch axes, float32.
+  one block's parameters per device once gathered over the batch axes, float32; `kernel`:
+  the attention kernel on the target (`attention_kernel`).
   """
   s = model.compute_dtype.itemsize
   d = -(-model.d_model // _ways("act_embed", rules, mesh))
@@ -310,19 +323,21 @@ def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
   f = -(-model.d_ff // _ways("act_mlp", rules, mesh))
   v = -(-model.vocab_size // _ways("act_vocab", rules, mesh))
   tokens = micro_batch * seq_len
-  per_block = tokens * saved_per_token(model, model.remat, d, n, k, f, seq_len)
+  fused = kernel in ("splash", "cudnn")
+  per_block = tokens * saved_per_token(model, model.remat, d, n, k, f, seq_len, fused)
   if model.remat == "none" and s < 4:
     per_block += block_matrices * s / 4
   saved = model.num_layers * per_block + tokens * (12 * d + s * d)
-  if model.remat == "none":
+  if model.remat == "none" and not fused:
     saved += tokens * 5 * n * seq_len  # the causal mask, bool and float32
   output_weights = (-(-model.vocab_size // _ways("vocab", rules, model_axes))
                     * -(-model.d_model // _ways("embed", rules, model_axes)))
+  logit_tokens = micro_batch * min(model.loss_chunk or seq_len, seq_len)  # one chunk's
   return Activations(
       saved=saved,
-      block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len)
+      block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len, fused)
                       + block_gathered * s / 4),
-      output_backward=tokens * v * 8 + output_weights * (s + 4))
+      output_backward=logit_tokens * v * 8 + output_weights * (s + 4))
 
 
 def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
@@ -368,8 +383,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   block_gathered = _block_bytes(all_params, all_shardings, model_axes, num_layers)
   block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
+  kernel = attention_kernel(model_config, t.seq_len, acc.platform)
   activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
-                                 model_axes, block_matrices, block_gathered)
+                                 model_axes, block_matrices, block_gathered, kernel)
 
   s = model_config.compute_dtype.itemsize
   weight_reads = 3 if model_config.remat != "none" else 2
@@ -395,7 +411,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
               * t.batch_size * t.seq_len,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
-              num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic)
+              num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
+              attention=kernel)
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -445,6 +462,9 @@ def format_plan(p: Plan) -> str:
            p.gradients, None),
           (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
+  kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
+             + (f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
+                if m.loss_chunk else "logits whole (model.loss_chunk=0)"))
   if c:
     rows += [("  parameters + optimizer state", p.params + p.frozen + p.optimizer_state,
               (c.argument, "XLA arguments: state + batch")),
@@ -464,7 +484,7 @@ def format_plan(p: Plan) -> str:
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
       f"{p.batch_size} / grad_accum {p.grad_accum} / data*fsdp "
       f"{p.mesh['data'] * p.mesh['fsdp']})",
-      "", header]
+      kernels, "", header]
   for name, analytic, compiled in rows:
     line = f"{name:34s}{analytic / scale:14.3f}"
     if compiled:

@@ -27,6 +27,11 @@ class Accelerator:
   chips_per_host: int = 1    # chips one host (one DCN network endpoint) drives
   dcn_bandwidth: float = float("nan")  # bytes/s per host over the data-center network
 
+  @property
+  def platform(self) -> str:
+    """jax's backend name for it: "tpu", "gpu" or "cpu" (which attention kernel runs)."""
+    return "tpu" if self.name.startswith("TPU") else "cpu" if self.name == "CPU" else "gpu"
+
 
 # The one table of accelerator numbers (per chip, bfloat16 dense). DCN per host, from the
 # Cloud TPU system-architecture pages (2026-11):
