@@ -40,6 +40,7 @@ from lm.train import guard as guard_lib
 from lm.train import metrics as metrics_lib
 from lm.train import optim
 from lm.train import preemption
+from lm.train import profile as profile_lib
 from lm.train import state as state_lib
 from lm.train import workdir as workdir_lib
 from lm.train.stage import Stage, StageType
@@ -156,8 +157,7 @@ class Setup:
   tx: optax.GradientTransformation
   abstract_state: state_lib.TrainState
   shardings: state_lib.TrainState
-  model_params: Any                    # the model's whole parameter tree, abstract
-  model_shardings: Any                 # and its shardings, before the stage splits them
+  model_shardings: Any                 # the whole model's, before the stage splits it
   imported_params: Any                 # abstract: what `init_from` holds (a Decoder's tree)
   data_sharding: NamedSharding
   rows: slice                          # this process's rows of each global batch
@@ -189,16 +189,15 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
   source = sources.open_source(config.data, config_lib.data_fields(config, stage))
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
-  model_params, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
-  imported_params = state_lib.subtree(model_params, nn.unbox(
-      state_lib.abstract_boxed_params(Decoder(model_config)))) if config.init_from else None
+  _, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
+  imported_params = nn.unbox(state_lib.abstract_boxed_params(Decoder(model_config))
+                             ) if config.init_from else None
   workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
   data_sharding = rules_lib.batch_sharding(mesh)
   return Setup(config=config, stage=stage, tokenizer=tokenizer, model_config=model_config,
                model=model, mesh=mesh, rules=rules, source=source, tx=tx,
                abstract_state=abstract_state, shardings=shardings,
-               model_params=model_params, model_shardings=model_shardings,
-               imported_params=imported_params,
+               model_shardings=model_shardings, imported_params=imported_params,
                data_sharding=data_sharding,
                rows=rules_lib.process_rows(data_sharding, t.batch_size),
                config_json=json.loads(config.to_json_best_effort()))
@@ -208,8 +207,7 @@ def load_imported(setup: Setup) -> Any:
   """The parameters `init_from` holds (a Decoder's), placed as the stage's model places them;
   the model's other parameters (adapters, a new head) are initialised by `params_with`."""
   shardings = state_lib.subtree(setup.model_shardings, setup.imported_params)
-  return init_from_lib.load_params(setup.config.init_from, setup.model_config, shardings,
-                                   setup.imported_params)
+  return init_from_lib.load_params(setup.config.init_from, setup.model_config, shardings)
 
 
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
@@ -280,11 +278,14 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   last_metrics: dict[str, Any] = {"step": start_step}
   timer_step, timer_start = start_step, time.perf_counter()
   log_step = start_step
+  profiler = profile_lib.Profiler(t.profile_steps, workdir)
 
   with preemption.StopRequest() as stop_request:
     for step in range(start_step, t.steps):
       batch = setup.to_global(next(train_data))
+      profiler.before_step(step)
       state, step_metrics = train_step(state, batch)
+      profiler.after_step(step, (state, step_metrics))
       state = stage.between_steps(state, step + 1)
       done = step + 1
       stop = stop_request.should_stop(done)  # SIGTERM / SIGINT: save this step and return
@@ -342,6 +343,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         last_metrics["stopped_early"] = True
         break
 
+  profiler.close()
   progress.close()
   writer.close()
   if setup.source.entropy_rate is not None:
