@@ -79,6 +79,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.peak_flops = 0.0           # per device, for MFU; 0: look up the device kind
 
+  # stage="dpo" (lm/stages/dpo.py): the reference is the starting model (init_from), frozen.
+  config.dpo = ml_collections.ConfigDict()
+  config.dpo.loss = "sigmoid"             # sigmoid | ipo | hinge
+  config.dpo.beta = 0.1                   # strength of the pull towards the reference
+  config.dpo.label_smoothing = 0.0        # sigmoid: the assumed fraction of flipped labels
+
+  # stage="reward" (lm/stages/reward.py): a scalar head on the decoder, Bradley-Terry loss.
+  config.reward = ml_collections.ConfigDict()
+  config.reward.center = 0.0              # weight of (r_chosen + r_rejected)^2: rewards near 0
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes
   config.mesh.fsdp = 1

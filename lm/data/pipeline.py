@@ -246,3 +246,44 @@ def example_batches(records: Sequence, to_example: Any, config: ml_collections.C
                             "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
                             "shuffle_rows": d.shuffle_rows, "pack": d.pack,
                             "truncate": d.truncate})
+
+
+# --- Examples of a fixed shape, one per row: preference pairs -----------------------------------
+
+def padded_stream(records: Sequence, to_row: Any, *, shard: int, num_shards: int, rows: int,
+                  seed: int, shuffle: bool, data: ml_collections.ConfigDict
+                  ) -> grain.IterDataset:
+  """Input stream `shard` of `num_shards`: `to_row(record)` gives one row of fixed-shape arrays
+  (or None to skip the record); batches of `rows` of them. Shuffled per epoch and read i,
+  i + S, ... like `stream`; nothing is packed."""
+  examples = grain.MapDataset.source(records)
+  if shuffle:
+    examples = examples.shuffle(seed=seed)
+  examples = examples.repeat(None)[shard::num_shards].map(to_row).to_iter_dataset(
+      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
+  if data.num_workers:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  batches = examples.batch(rows, drop_remainder=True)
+  if data.prefetch:
+    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
+                                                           prefetch_buffer_size=data.prefetch)
+  return batches
+
+
+def padded_batches(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
+                   rows: slice, seed: int, shuffle: bool = True) -> Batches:
+  """This process's rows of every batch of fixed-shape rows (see `padded_stream`); resumable
+  like `train_batches`. Unshuffled (held-out batches), in the records' stored order."""
+  d, t = config.data, config.train
+  if not shuffle:
+    d = ml_collections.ConfigDict({**d.to_dict(), "num_workers": 0, "prefetch": 0})
+  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  datasets = {s: padded_stream(records, to_row, shard=s, num_shards=num_shards,
+                               rows=t.batch_size // num_shards, seed=seed, shuffle=shuffle,
+                               data=d) for s in shards}
+  return Batches(datasets, {"source": d.source, "tokenizer": getattr(to_row, "name", ""),
+                            "seq_len": t.seq_len, "batch_size": t.batch_size,
+                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
+                            "truncate": d.truncate})

@@ -58,9 +58,11 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, cache: KVCache | None = None,
-               last_only: bool = False):
+               last_only: bool = False, hidden: bool = False):
     """Logits [B, T, V] (float32); with a cache, (logits, new_cache). `last_only` keeps the
-    logits of the last position alone ([B, 1, V]), all a prefill needs."""
+    logits of the last position alone ([B, 1, V]), all a prefill needs. `hidden` returns the
+    final-norm outputs [B, T, D] instead, a head's input (lm/model/heads.py); the output
+    projection is still declared, so the parameter tree stays the language model's."""
     cfg = self.config
     if cache is not None and segment_ids is not None:
       raise ValueError("segment_ids are for packed training rows; decoding with a cache "
@@ -114,6 +116,11 @@ class Decoder(nn.Module):
     if last_only:
       x = x[:, -1:]
     x = Norm(cfg, name="final_norm")(x)
+    if hidden:
+      if not cfg.tie_embeddings:
+        param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+              weight_init(cfg))
+      return nn.with_logical_constraint(x, ACTIVATION_AXES)  # [B, T, D]
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:

@@ -183,7 +183,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
   config_lib.validate(config, model_config, tokenizer.vocab_size, dict(mesh.shape))
   model = stage.make_model(model_config)
   rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
-  source = sources.open_source(config.data, config_lib.data_fields(config, stage))
+  source = sources.open_source(config.data, config_lib.data_fields(config, stage),
+                               check=getattr(stage, "check_record", None))
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   model_params, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
@@ -198,6 +199,21 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
                config_json=json.loads(config.to_json_best_effort()))
 
 
+def load_init_from(setup: Setup) -> Any:
+  """The model's parameter tree at step 0 from `init_from`: the whole tree, or where the stage
+  names a `pretrained_key` (a reward model's "decoder"), that subtree from `init_from` and the
+  rest (the head) freshly initialised from the seed."""
+  config, key = setup.config, getattr(setup.stage, "pretrained_key", None)
+  if key is None:
+    return init_from_lib.load_params(config.init_from, setup.model_config,
+                                     setup.model_shardings, setup.model_params)
+  fresh = jax.jit(lambda k: nn.unbox(state_lib.init_params(setup.model, k)),
+                  out_shardings=setup.model_shardings)(jax.random.key(config.seed))
+  loaded = init_from_lib.load_params(config.init_from, setup.model_config,
+                                     setup.model_shardings[key], setup.model_params[key])
+  return {**fresh, key: loaded}
+
+
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
   """(state, training batches, restored): the newest checkpoint in `workdir` with its data
   position, else step 0 from `init_from`'s parameters or a fresh initialisation."""
@@ -207,8 +223,7 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
                                            train_data.shards,
                                            workdir_lib.resume_check(setup.config_json, workdir))
   if restored is None and config.init_from:  # the whole tree, before the stage splits it
-    params = init_from_lib.load_params(config.init_from, setup.model_config,
-                                       setup.model_shardings, setup.model_params)
+    params = load_init_from(setup)
     state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition)
   elif restored is None:
     state = state_lib.create_train_state(setup.model, setup.tx, jax.random.key(config.seed),
