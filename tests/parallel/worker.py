@@ -28,6 +28,9 @@ def make_config(overrides: dict):
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 5, 8, 32, 3e-3, 2
   t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 1000, 5, 1
   for key, value in overrides.items():
+    if "." not in key:  # a top-level field: stage, init_from
+      config[key] = value
+      continue
     section, field = key.split(".")
     config[section][field] = value
   return config_lib.lock(config)
