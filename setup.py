@@ -35,6 +35,8 @@ setup(
         "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
         # Preparing TFDS catalog datasets whose builders use TensorFlow (reading never does).
         "tf": ["tensorflow-cpu==2.21.0"],
+        # The plots of experiments/ (experiments/preference/plot.py).
+        "plot": ["matplotlib==3.11.2"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
                  "safetensors==0.8.0"],
     },
