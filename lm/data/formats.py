@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lm.data.tokenizer import GENERATION_END, GENERATION_START
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -108,7 +110,6 @@ def _starts_with(sequence, prefix) -> bool:
 
 def _generation_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
   """The rendered text and the [start, end) of each {% generation %} block in it."""
-  from lm.data.tokenizer import GENERATION_END, GENERATION_START  # pylint: disable=import-outside-toplevel
   for message in messages:
     if GENERATION_START in message["content"] or GENERATION_END in message["content"]:
       raise ValueError("a message contains the private-use characters U+E000 / U+E001, which "

@@ -13,17 +13,28 @@ topology with the same `data.shards`.
 
 Rows carry `segment_ids` (1, 2, ... per document in the row) and `positions` (restarting at 0
 at every document start and at every row start), so attention and RoPE never cross documents.
-The state of every stream (a few integers per stream, as JSON) goes into each checkpoint.
+The state of every stream (a few integers per stream, as JSON) goes into each checkpoint,
+with the seed the streams were shuffled by (config.seed, or config.seed + step after a change
+of data order), so that a later resume rebuilds the same streams.
+
+Evaluation reads the first `data.eval_documents` held-out documents in their stored order,
+packed the same way into rows that do not depend on `data.shards` or on the processes; the
+rows are cut into global batches (the last padded with loss_mask 0) and every process takes
+its rows of each. So every topology scores the same tokens, each once.
 """
 
 import dataclasses
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Sequence
 
 from absl import flags
+from absl import logging
 import grain
 import grain.experimental as grain_experimental
 import ml_collections
 import numpy as np
+
+from lm.data import sources
 
 Batch = dict[str, np.ndarray]
 
@@ -60,13 +71,10 @@ def example_batch(batch_size: int, seq_len: int) -> Batch:
 
 
 def stream(documents: Sequence[str], tokenizer, *, shard: int, num_shards: int, rows: int,
-           seq_len: int, seed: int, shuffle: bool, data: ml_collections.ConfigDict
-           ) -> grain.IterDataset:
+           seq_len: int, seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
   """Input stream `shard` of `num_shards`: batches of `rows` packed rows, forever."""
-  docs = grain.MapDataset.source(documents)
-  if shuffle:
-    docs = docs.shuffle(seed=seed)
-  docs = docs.repeat(None)[shard::num_shards]  # a new permutation each epoch when shuffled
+  docs = grain.MapDataset.source(documents).shuffle(seed=seed)
+  docs = docs.repeat(None)[shard::num_shards]  # a new permutation each epoch
   examples = docs.map(Tokenize(tokenizer)).to_iter_dataset(
       grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
   if data.num_workers:  # tokenize in worker processes; pack here, in order
@@ -76,7 +84,7 @@ def stream(documents: Sequence[str], tokenizer, *, shard: int, num_shards: int, 
   packed = grain_experimental.ConcatThenSplitIterDataset(
       examples, length_struct={"inputs": seq_len, "targets": seq_len})
   packed_rows = packed.map(finish_row)
-  if shuffle and data.shuffle_rows:  # else a long document fills whole batches with its rows
+  if data.shuffle_rows:  # else a long document fills whole batches with its rows
     packed_rows = grain_experimental.WindowShuffleIterDataset(
         packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
   batches = packed_rows.batch(rows, drop_remainder=True)
@@ -111,11 +119,13 @@ class Batches:
   """This process's rows of each global batch, from its streams; resumable.
 
   `get_state()` / `set_state()` hold one grain iterator state per stream, keyed by stream
-  index, plus a fingerprint of what makes the order (source, tokenizer, shapes, seed, workers):
-  a state saved under another fingerprint does not apply."""
+  index, plus a fingerprint of what makes the order (documents, tokenizer, shapes, config.seed,
+  workers): a state saved under another fingerprint does not apply. `seed` is the seed the
+  streams are shuffled by, saved beside the fingerprint: it differs from config.seed once the
+  data order has changed during a run (see `resume`)."""
 
-  def __init__(self, datasets: dict[int, grain.IterDataset], fingerprint: dict):
-    self.fingerprint = fingerprint
+  def __init__(self, datasets: dict[int, grain.IterDataset], fingerprint: dict, seed: int):
+    self.fingerprint, self.seed = fingerprint, seed
     self._iterators = {shard: iter(ds) for shard, ds in datasets.items()}
 
   def __iter__(self):
@@ -130,7 +140,7 @@ class Batches:
     return list(self._iterators)
 
   def get_state(self) -> dict:
-    return {"fingerprint": self.fingerprint,
+    return {"fingerprint": self.fingerprint, "seed": self.seed,
             "streams": {str(s): it.get_state() for s, it in self._iterators.items()}}
 
   def set_state(self, state: dict) -> None:
@@ -143,29 +153,22 @@ class Batches:
       it.close()
 
 
-def _process_streams(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
-                     rows: slice, seed: int, shuffle: bool, data: ml_collections.ConfigDict
-                     ) -> tuple[dict[int, grain.IterDataset], int]:
-  """({stream index: stream} for this process's `rows`, the number of streams in all)."""
-  t = config.train
-  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
-  return {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
-                    rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed,
-                    shuffle=shuffle, data=data) for s in shards}, num_shards
-
-
 def train_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
                   rows: slice, seed: int | None = None) -> Batches:
   """The training batches of this process (its `rows` of every global batch), shuffled by
   `seed` (default: config.seed)."""
   seed = config.seed if seed is None else seed
-  datasets, num_shards = _process_streams(documents, tokenizer, config, rows, seed,
-                                          shuffle=True, data=config.data)
   d, t = config.data, config.train
-  return Batches(datasets, {"source": d.source, "tokenizer": tokenizer.name,
-                            "seq_len": t.seq_len, "batch_size": t.batch_size,
-                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
-                            "shuffle_rows": d.shuffle_rows})
+  shards, num_shards = process_shards(rows, t.batch_size, d.shards)
+  datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
+                        rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed, data=d)
+              for s in shards}
+  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
+                            "text_field": d.text_field, "eval_every_nth": d.eval_every_nth,
+                            "tokenizer": tokenizer.name, "seq_len": t.seq_len,
+                            "batch_size": t.batch_size, "shards": num_shards,
+                            "seed": config.seed, "num_workers": d.num_workers,
+                            "shuffle_rows": d.shuffle_rows}, seed)
 
 
 def why_not_resumable(batches: Batches, saved: dict | None) -> str | None:
@@ -178,18 +181,82 @@ def why_not_resumable(batches: Batches, saved: dict | None) -> str | None:
   return "changed: " + ", ".join(changed) if changed else None
 
 
-def eval_batches(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
-                 rows: slice) -> list[Batch]:
-  """`train.eval_batches` batches of held-out documents in their stored order (cycled when the
-  split is smaller): the same at every evaluation, cut into streams like training batches."""
-  data = ml_collections.ConfigDict({**config.data.to_dict(), "num_workers": 0, "prefetch": 0})
-  datasets, _ = _process_streams(documents, tokenizer, config, rows, seed=0, shuffle=False,
-                                 data=data)
-  batches = Batches(datasets, {})
-  return [next(batches) for _ in range(config.train.eval_batches)]
+def resume(batches: Batches, saved: dict | None, step: int, config: ml_collections.ConfigDict,
+           reopen: Callable[[int], Batches]) -> Batches:
+  """The training batches that continue a checkpoint at `step` whose data state is `saved`;
+  `reopen(seed)` builds the same batches shuffled by another seed.
+
+  When `saved` applies, the streams continue from its positions, rebuilt with its seed if that
+  is not `batches`' (the order was changed earlier in the run); else they restart with a new
+  shuffle, seed config.seed + step, which the next checkpoints carry. `batches` is closed when
+  it is not the result."""
+  reason = why_not_resumable(batches, saved)
+  if reason is None:
+    seed = saved["seed"] if saved.get("seed") is not None else saved["fingerprint"]["seed"]
+  else:
+    seed = config.seed + step
+    logging.warning("The data position in the checkpoint at step %d does not apply (%s); the "
+                    "input streams restart with a new shuffle (seed %d + step)", step, reason,
+                    config.seed)
+  if seed != batches.seed:
+    batches.close()
+    batches = reopen(seed)
+  if reason is None:
+    batches.set_state(saved)
+  return batches
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """What every evaluation scores: this process's rows of each global batch, and totals over
+  all processes."""
+  batches: list[Batch]
+  documents: int    # held-out documents scored, whole
+  tokens: int       # targets scored (loss_mask 1)
+  bytes: int        # their UTF-8 bytes plus one per document end: the bits-per-byte denominator
+
+
+def eval_set(documents: Sequence[str], tokenizer, config: ml_collections.ConfigDict,
+             rows: slice) -> EvalSet:
+  """The first `data.eval_documents` held-out documents (0: all), in their stored order,
+  packed into rows as for training; the rows depend on the documents, the tokenizer and
+  `train.seq_len` only, never on `data.shards` or the processes.
+
+  Bits per byte counts the text itself: a document end predicts the boundary between two
+  documents, counted as one byte, so a tokenizer's <eos> is paid for like a byte tokenizer's
+  newline would be; tokens that stand for no text of the document (a leading-space marker)
+  count nothing."""
+  t = config.train
+  count = config.data.eval_documents or len(documents)
+  tokenize = Tokenize(tokenizer)
+  examples, num_bytes = [], 0
+  for i in range(min(count, len(documents))):
+    text = documents[i]
+    example = tokenize(text)
+    if example is not None:
+      examples.append(example)
+      num_bytes += len(text.encode("utf-8")) + 1
+  packed = grain_experimental.ConcatThenSplitIterDataset(
+      grain.MapDataset.source(examples).to_iter_dataset(),
+      length_struct={"inputs": t.seq_len, "targets": t.seq_len})
+  all_rows = [finish_row(row) for row in packed]
+  padding = finish_row({"inputs": np.zeros(t.seq_len, np.int32),
+                        "targets": np.zeros(t.seq_len, np.int32),
+                        "inputs_segment_ids": np.zeros(t.seq_len, np.int32)})
+  num_batches = max(math.ceil(len(all_rows) / t.batch_size), 1)
+  all_rows += [padding] * (num_batches * t.batch_size - len(all_rows))
+  batches = []
+  for b in range(num_batches):
+    mine = all_rows[b * t.batch_size + rows.start:b * t.batch_size + rows.stop]
+    batches.append({key: np.stack([row[key] for row in mine]) for key in padding})
+  return EvalSet(batches=batches, documents=len(examples),
+                 tokens=sum(len(e["targets"]) for e in examples), bytes=num_bytes)
 
 
 # --- Examples that must not be split: conversations (SFT) --------------------------------------
+
+_EXAMPLE_LENGTHS = ("inputs", "targets", "loss_mask")
+
 
 def finish_packed_row(row: dict[str, np.ndarray]) -> Batch:
   """A row from first-fit packing as the model reads it; the loss mask is the examples' own."""
@@ -199,28 +266,30 @@ def finish_packed_row(row: dict[str, np.ndarray]) -> Batch:
           "loss_mask": row["loss_mask"].astype(np.float32)}
 
 
+def _first_fit(examples: grain.IterDataset, seq_len: int, bins: int, seed: int, shuffle: bool,
+               pack: bool) -> grain.IterDataset:
+  """Rows of whole examples: first-fit packed into `bins` rows at a time, or one per row."""
+  return grain_experimental.FirstFitPackIterDataset(
+      examples, length_struct={key: seq_len for key in _EXAMPLE_LENGTHS},
+      num_packing_bins=bins if pack else 1, seed=seed, shuffle_bins=shuffle,
+      max_sequences_per_bin=None if pack else 1).map(finish_packed_row)
+
+
 def example_stream(records: Sequence, to_example: Any, *, shard: int, num_shards: int, rows: int,
-                   seq_len: int, seed: int, shuffle: bool, data: ml_collections.ConfigDict
-                   ) -> grain.IterDataset:
+                   seq_len: int, seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
   """Input stream `shard` of `num_shards` over examples that stay whole: `to_example(record)`
   gives {"inputs", "targets", "loss_mask"} of at most `seq_len` tokens (or None to skip), and
   rows hold whole examples, first-fit packed (`data.pack`) or one per row, padded. Padding has
   segment id 0 and loss mask 0. Otherwise as `stream`: shuffled per epoch, read i, i + S, ..."""
-  examples = grain.MapDataset.source(records)
-  if shuffle:
-    examples = examples.shuffle(seed=seed)
+  examples = grain.MapDataset.source(records).shuffle(seed=seed)
   examples = examples.repeat(None)[shard::num_shards].map(to_example).to_iter_dataset(
       grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
   if data.num_workers:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-  packed = grain_experimental.FirstFitPackIterDataset(
-      examples, length_struct={"inputs": seq_len, "targets": seq_len, "loss_mask": seq_len},
-      num_packing_bins=rows if data.pack else 1, seed=seed + shard, shuffle_bins=shuffle,
-      max_sequences_per_bin=None if data.pack else 1)
-  packed_rows = packed.map(finish_packed_row)
-  if shuffle and data.shuffle_rows:
+  packed_rows = _first_fit(examples, seq_len, rows, seed + shard, True, data.pack)
+  if data.shuffle_rows:
     packed_rows = grain_experimental.WindowShuffleIterDataset(
         packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
   batches = packed_rows.batch(rows, drop_remainder=True)
@@ -231,34 +300,55 @@ def example_stream(records: Sequence, to_example: Any, *, shard: int, num_shards
 
 
 def example_batches(records: Sequence, to_example: Any, config: ml_collections.ConfigDict,
-                    rows: slice, seed: int, shuffle: bool = True) -> Batches:
-  """This process's rows of every batch of whole examples (see `example_stream`); resumable
-  like `train_batches`. Unshuffled (held-out batches), in the records' stored order."""
+                    rows: slice, seed: int | None = None) -> Batches:
+  """This process's rows of every training batch of whole examples (`example_stream`),
+  shuffled by `seed` (default: config.seed); resumable like `train_batches`."""
+  seed = config.seed if seed is None else seed
   d, t = config.data, config.train
-  if not shuffle:
-    d = ml_collections.ConfigDict({**d.to_dict(), "num_workers": 0, "prefetch": 0})
-  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  shards, num_shards = process_shards(rows, t.batch_size, d.shards)
   datasets = {s: example_stream(records, to_example, shard=s, num_shards=num_shards,
                                 rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed,
-                                shuffle=shuffle, data=d) for s in shards}
-  return Batches(datasets, {"source": d.source, "tokenizer": getattr(to_example, "name", ""),
-                            "seq_len": t.seq_len, "batch_size": t.batch_size,
-                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
+                                data=d) for s in shards}
+  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
+                            "fields": d.fields, "eval_every_nth": d.eval_every_nth,
+                            "tokenizer": getattr(to_example, "name", ""), "seq_len": t.seq_len,
+                            "batch_size": t.batch_size, "shards": num_shards,
+                            "seed": config.seed, "num_workers": d.num_workers,
                             "shuffle_rows": d.shuffle_rows, "pack": d.pack,
-                            "truncate": d.truncate})
+                            "truncate": d.truncate}, seed)
+
+
+def example_eval_set(records: Sequence, to_example: Any, config: ml_collections.ConfigDict,
+                     rows: slice) -> EvalSet:
+  """The first `data.eval_documents` held-out records (0: all), in their stored order, each
+  once, in rows as for training (packed or padded), padded to whole batches with empty rows;
+  like `eval_set`, independent of `data.shards` and the processes. `bytes` is 0: what a
+  record's tokens stand for is the stage's to count."""
+  t = config.train
+  count = min(config.data.eval_documents or len(records), len(records))
+  examples = [e for e in (to_example(records[i]) for i in range(count)) if e is not None]
+  all_rows = list(_first_fit(grain.MapDataset.source(examples).to_iter_dataset(), t.seq_len,
+                             t.batch_size, 0, False, config.data.pack))
+  padding = {key: np.zeros_like(value) for key, value in example_batch(1, t.seq_len).items()}
+  padding = {key: value[0] for key, value in padding.items()}
+  num_batches = max(math.ceil(len(all_rows) / t.batch_size), 1)
+  all_rows += [padding] * (num_batches * t.batch_size - len(all_rows))
+  batches = []
+  for b in range(num_batches):
+    mine = all_rows[b * t.batch_size + rows.start:b * t.batch_size + rows.stop]
+    batches.append({key: np.stack([row[key] for row in mine]) for key in padding})
+  return EvalSet(batches=batches, documents=len(examples),
+                 tokens=int(sum(e["loss_mask"].sum() for e in examples)), bytes=0)
 
 
 # --- Examples of a fixed shape, one per row: preference pairs -----------------------------------
 
 def padded_stream(records: Sequence, to_row: Any, *, shard: int, num_shards: int, rows: int,
-                  seed: int, shuffle: bool, data: ml_collections.ConfigDict
-                  ) -> grain.IterDataset:
+                  seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
   """Input stream `shard` of `num_shards`: `to_row(record)` gives one row of fixed-shape arrays
   (or None to skip the record); batches of `rows` of them. Shuffled per epoch and read i,
   i + S, ... like `stream`; nothing is packed."""
-  examples = grain.MapDataset.source(records)
-  if shuffle:
-    examples = examples.shuffle(seed=seed)
+  examples = grain.MapDataset.source(records).shuffle(seed=seed)
   examples = examples.repeat(None)[shard::num_shards].map(to_row).to_iter_dataset(
       grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
   if data.num_workers:
@@ -273,17 +363,36 @@ def padded_stream(records: Sequence, to_row: Any, *, shard: int, num_shards: int
 
 
 def padded_batches(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
-                   rows: slice, seed: int, shuffle: bool = True) -> Batches:
-  """This process's rows of every batch of fixed-shape rows (see `padded_stream`); resumable
-  like `train_batches`. Unshuffled (held-out batches), in the records' stored order."""
+                   rows: slice, seed: int | None = None) -> Batches:
+  """This process's rows of every training batch of fixed-shape rows (`padded_stream`),
+  shuffled by `seed` (default: config.seed); resumable like `train_batches`."""
+  seed = config.seed if seed is None else seed
   d, t = config.data, config.train
-  if not shuffle:
-    d = ml_collections.ConfigDict({**d.to_dict(), "num_workers": 0, "prefetch": 0})
-  shards, num_shards = process_shards(rows, t.batch_size, config.data.shards)
+  shards, num_shards = process_shards(rows, t.batch_size, d.shards)
   datasets = {s: padded_stream(records, to_row, shard=s, num_shards=num_shards,
-                               rows=t.batch_size // num_shards, seed=seed, shuffle=shuffle,
-                               data=d) for s in shards}
-  return Batches(datasets, {"source": d.source, "tokenizer": getattr(to_row, "name", ""),
-                            "seq_len": t.seq_len, "batch_size": t.batch_size,
-                            "shards": num_shards, "seed": seed, "num_workers": d.num_workers,
-                            "truncate": d.truncate})
+                               rows=t.batch_size // num_shards, seed=seed, data=d)
+              for s in shards}
+  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
+                            "fields": d.fields, "eval_every_nth": d.eval_every_nth,
+                            "tokenizer": getattr(to_row, "name", ""), "seq_len": t.seq_len,
+                            "batch_size": t.batch_size, "shards": num_shards,
+                            "seed": config.seed, "num_workers": d.num_workers,
+                            "truncate": d.truncate}, seed)
+
+
+def padded_eval_set(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
+                    rows: slice, padding: Batch) -> EvalSet:
+  """The first `data.eval_documents` held-out records (0: all), in their stored order, one row
+  each, the last batch filled with `padding` rows (which the stage must weigh 0); like
+  `eval_set`, independent of `data.shards` and the processes."""
+  t = config.train
+  count = min(config.data.eval_documents or len(records), len(records))
+  all_rows = [r for r in (to_row(records[i]) for i in range(count)) if r is not None]
+  num_examples = len(all_rows)
+  num_batches = max(math.ceil(num_examples / t.batch_size), 1)
+  all_rows += [padding] * (num_batches * t.batch_size - num_examples)
+  batches = []
+  for b in range(num_batches):
+    mine = all_rows[b * t.batch_size + rows.start:b * t.batch_size + rows.stop]
+    batches.append({key: np.stack([row[key] for row in mine]) for key in padding})
+  return EvalSet(batches=batches, documents=num_examples, tokens=0, bytes=0)

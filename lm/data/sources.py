@@ -321,15 +321,26 @@ def _split(records: list[str], every_nth: int, whole: bool = False
   return train, held_out
 
 
+def files_signature(data: ml_collections.ConfigDict) -> str | None:
+  """A hash of the paths, sizes and modification times of the files a text: or jsonl: source
+  reads (None for other sources): it changes when a file does."""
+  scheme, _, rest = data.source.partition(":")
+  if scheme not in ("text", "jsonl"):
+    return None
+  stats = []
+  for path in _matching_files(data.source, rest):
+    stat = os.stat(path)
+    stats.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+  return hashlib.sha256("\n".join(stats).encode()).hexdigest()[:16]
+
+
 def _cache_key(source: str, data: ml_collections.ConfigDict, fields: tuple[str, ...] = ()) -> str:
   parts = [FORMAT_VERSION, source, str(data.eval_every_nth), sys.version.split()[0]]
-  scheme, _, rest = source.partition(":")
-  if scheme == "jsonl":
+  if source.startswith("jsonl:"):
     parts.append(f"records:{','.join(fields)}" if fields else data.text_field)
-  if scheme in ("text", "jsonl"):  # a changed file must not hit a stale cache
-    for path in _matching_files(source, rest):
-      stat = os.stat(path)
-      parts.append(f"{os.path.abspath(path)}:{stat.st_size}:{stat.st_mtime_ns}")
+  signature = files_signature(data)  # a changed file must not hit a stale cache
+  if signature is not None:
+    parts.append(signature)
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -461,6 +472,20 @@ def _preferences_source(source: str, fields: tuple[str, ...]) -> Source:
 
 # --- The TFDS catalog -------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 2):
+  """TFDS retries a failed request 10 times with exponential backoff: minutes before a machine
+  without network learns that it has none. Two retries ride out a blip and fail in seconds."""
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_datasets.core.download import downloader
+  saved = downloader.MAX_RETRIES
+  downloader.MAX_RETRIES = retries
+  try:
+    yield
+  finally:
+    downloader.MAX_RETRIES = saved
+
+
 def _tfds_source(source: str, data: ml_collections.ConfigDict,
                  fields: tuple[str, ...] = ()) -> Source:
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
@@ -480,7 +505,8 @@ def _tfds_source(source: str, data: ml_collections.ConfigDict,
       raise FileNotFoundError(f"data.source={source!r} is not prepared in {where} and "
                               f"data.tfds_download is off. {how_to}")
     try:
-      builder.download_and_prepare()
+      with _few_download_retries():
+        builder.download_and_prepare()
     except Exception as e:  # pylint: disable=broad-except
       raise RuntimeError(f"data.source={source!r} is not prepared in {where} and could not be "
                          f"downloaded and prepared ({type(e).__name__}: {str(e)[:300]}). "

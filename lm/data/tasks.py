@@ -25,40 +25,32 @@ EVAL_PER_TASK = 50
 EVAL_FRACTION = 8  # one question in this many is held out
 
 _LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-# (from, to, factor): "3 km in m?" -> "3000"; the inverse direction divides exactly.
-_UNITS = (("km", "m", 1000), ("m", "cm", 100), ("kg", "g", 1000), ("L", "mL", 1000),
-          ("h", "min", 60), ("min", "s", 60), ("day", "h", 24), ("week", "day", 7))
+# (from, to, factor): "3 km in m?" -> "3000"; the inverse direction divides exactly. Powers
+# of ten only: the answer is the amount with zeros appended or removed.
+_UNITS = (("km", "m", 1000), ("m", "cm", 100), ("cm", "mm", 10), ("kg", "g", 1000),
+          ("L", "mL", 1000), ("kW", "W", 1000))
 
 Item = tuple[str, str]  # (question, answer)
 
 
-def _number(rng: np.random.Generator) -> int:
-  digits = int(rng.integers(2, 4))  # 2 or 3 digits
-  return int(rng.integers(10 ** (digits - 1), 10 ** digits))
-
-
 def _add(rng: np.random.Generator) -> Item:
-  a, b = _number(rng), _number(rng)
+  a, b = (int(n) for n in rng.integers(10, 100, size=2))  # two 2-digit numbers
   return f"Add: {a}+{b}", str(a + b)
 
 
-def _letters(rng: np.random.Generator, low: int = 3, high: int = 5) -> list[str]:
-  return list(rng.choice(_LETTERS, size=int(rng.integers(low, high + 1))))
-
-
 def _reverse(rng: np.random.Generator) -> Item:
-  items = _letters(rng)
+  items = list(rng.choice(_LETTERS, size=int(rng.integers(3, 5))))  # 3 or 4 letters
   return f"Reverse: {' '.join(items)}", " ".join(reversed(items))
 
 
 def _sort(rng: np.random.Generator) -> Item:
-  items = _letters(rng)
+  items = [str(d) for d in rng.integers(0, 10, size=int(rng.integers(3, 6)))]  # 3-5 digits
   return f"Sort: {' '.join(items)}", " ".join(sorted(items))
 
 
 def _lookup(rng: np.random.Generator) -> Item:
-  keys = list(rng.choice(_LETTERS, size=int(rng.integers(3, 5)), replace=False))
-  values = [int(v) for v in rng.integers(10, 100, size=len(keys))]
+  keys = list(rng.choice(_LETTERS, size=int(rng.integers(2, 4)), replace=False))  # 2 or 3
+  values = [int(v) for v in rng.integers(0, 10, size=len(keys))]
   key = keys[int(rng.integers(len(keys)))]
   context = " ".join(f"{k}={v}" for k, v in zip(keys, values))
   return f"{context}; {key}?", str(values[keys.index(key)])

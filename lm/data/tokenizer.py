@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import re
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -49,8 +48,6 @@ class ByteTokenizer:
     self.bos_id = self.special_ids["<bos>"]
     self.eos_id = self.special_ids["<eos>"]
     self.vocab_size = 256 + len(SPECIAL_TOKENS)
-    # Bytes of text each id stands for: the denominator of bits per byte.
-    self.token_bytes = np.array([1] * 256 + [0] * len(SPECIAL_TOKENS), np.int32)
 
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
     ids = np.frombuffer(text.encode("utf-8", errors="replace"), np.uint8).astype(np.int32)
@@ -133,11 +130,6 @@ class SentencePieceTokenizer:
     ids = range(self.vocab_size)
     # Ids that stand for text; control and unknown pieces decode to nothing.
     self._is_text = np.array([not (sp.is_control(i) or sp.is_unknown(i)) for i in ids])
-    # Bytes of text each id stands for: the denominator of bits per byte.
-    self.token_bytes = np.array(
-        [1 if sp.is_byte(i) else
-         0 if not self._is_text[i] or sp.is_unused(i) else
-         len(sp.id_to_piece(i).replace(_SPM_SPACE, " ").encode()) for i in ids], np.int32)
     # SentencePiece reads a "▁" in the text as a space; a model that keeps text exact (no
     # dummy prefix, no whitespace folding) spells it in byte pieces instead, so it survives.
     space_bytes = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPM_SPACE.encode()]
@@ -269,21 +261,6 @@ def bytes_per_token(tokenizer, texts: Iterable[str]) -> float:
   return num_bytes / max(num_tokens, 1)
 
 
-@functools.lru_cache(maxsize=None)
-def _bytes_to_unicode() -> dict[str, int]:
-  """GPT-2's byte-level alphabet: the printable character that stands for each byte."""
-  printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-               + list(range(ord("®"), ord("ÿ") + 1)))
-  chars, extra = {}, 0
-  for b in range(256):
-    if b in printable:
-      chars[chr(b)] = b
-    else:
-      chars[chr(256 + extra)] = b
-      extra += 1
-  return chars
-
-
 def _special_token(value) -> str | None:
   """tokenizer_config.json writes a special token as a string or as {"content": ...}."""
   return value.get("content") if isinstance(value, dict) else value
@@ -325,7 +302,6 @@ class HFTokenizer:
       self.chat_template = template
     vocab = self._tokenizer.get_vocab(with_added_tokens=True)
     self.vocab_size = max(vocab.values()) + 1
-    self.token_bytes = self._token_bytes(vocab, json.loads(raw))
 
   def _id(self, config: dict, key: str) -> int | None:
     token = _special_token(config.get(key))
@@ -335,25 +311,6 @@ class HFTokenizer:
     if token_id is None:
       raise ValueError(f"{self.directory}: {key}={token!r} is not in the vocabulary")
     return token_id
-
-  def _token_bytes(self, vocab: dict[str, int], spec: dict) -> np.ndarray:
-    """UTF-8 bytes each id stands for (0 for special tokens): the bits-per-byte denominator."""
-    decoders = spec.get("decoder") or {}
-    decoders = decoders.get("decoders", [decoders])
-    byte_level = any(d.get("type") == "ByteLevel" for d in decoders)
-    alphabet = _bytes_to_unicode()
-    special = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
-    counts = np.zeros(self.vocab_size, np.int32)
-    for token, token_id in vocab.items():
-      if token_id in special:
-        continue
-      if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):  # SentencePiece byte fallback
-        counts[token_id] = 1
-      elif byte_level:
-        counts[token_id] = sum(1 if c in alphabet else len(c.encode()) for c in token)
-      else:
-        counts[token_id] = len(token.replace("\u2581", " ").encode())
-    return counts
 
   def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> np.ndarray:
     ids = self._tokenizer.encode(text, add_special_tokens=False).ids
@@ -422,6 +379,29 @@ def _compile_chat_template(source: str, mark_generation: bool = False):
 
 Tokenizer = ByteTokenizer | SentencePieceTokenizer | HFTokenizer
 TOKENIZERS = {"byte": ByteTokenizer}
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # in a workdir: the template its model was tuned on
+
+
+def save_chat_template(tokenizer: Tokenizer, workdir: str) -> None:
+  """Writes a Hugging Face tokenizer's chat template into `workdir`, so that the model is
+  served with the template it was trained on even if the tokenizer directory changes. (The
+  byte and SentencePiece templates are the role tokens, fixed by the tokenizer itself.)"""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  template = getattr(tokenizer, "chat_template", None)
+  if template:
+    (epath.Path(workdir) / CHAT_TEMPLATE_FILE).write_text(template)
+
+
+def for_workdir(name: str, workdir: str) -> Tokenizer:
+  """The tokenizer `name` with the chat template saved in `workdir`, where there is one."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+  tokenizer = get(name)
+  saved = epath.Path(workdir) / CHAT_TEMPLATE_FILE
+  if isinstance(tokenizer, HFTokenizer) and saved.exists():
+    tokenizer.chat_template = saved.read_text()
+  return tokenizer
 
 
 def get(name: str) -> Tokenizer:

@@ -4,10 +4,13 @@ most likely.
 An item is a conversation, its options (strings) and the index of the right one. An option's
 tokens are what the chat template puts after the generation prompt when the option is the
 assistant's turn, end-of-turn token included, so "12" and "123" are told apart. The built-in
-items come from the held-out task records: the right answer against answers of other
-held-out items of the same task.
+items come from the held-out task records: the right answer against near misses of it (a
+number off by one or by ten, the same list in another order), so an item asks for the exact
+answer, not its kind; where there are too few near misses, answers of other held-out items
+of the same task fill in.
 """
 
+import itertools
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,10 +18,21 @@ import numpy as np
 from lm.infer import chat as chat_lib
 
 
+def near_misses(answer: str) -> list[str]:
+  """Wrong answers close to `answer`: neighbouring numbers, or its items in other orders."""
+  if answer.isdigit():
+    n = int(answer)
+    candidates = [n + 1, n - 1, n + 10, n - 10, n * 10, n // 10 if n >= 10 else n + 2]
+    return list(dict.fromkeys(str(c) for c in candidates if c >= 0 and str(c) != answer))
+  items = answer.split(" ")
+  orders = {" ".join(p) for p in itertools.permutations(items)} if len(items) > 1 else set()
+  return sorted(orders - {answer})
+
+
 def items_from_records(records: Sequence[dict], num_options: int = 4, seed: int = 0
                        ) -> list[dict]:
-  """One item per record: {"messages", "options", "label", "task"}; the distractors are other
-  answers of the record's task, drawn (and the options shuffled) from `seed`."""
+  """One item per record: {"messages", "options", "label", "task"}; distractors drawn (and the
+  options shuffled) from `seed`."""
   answers: dict[str, list[str]] = {}
   for r in records:
     if r["answer"] not in answers.setdefault(r["task"], []):
@@ -26,14 +40,17 @@ def items_from_records(records: Sequence[dict], num_options: int = 4, seed: int 
   rng = np.random.default_rng(seed)
   items = []
   for r in records:
-    others = [a for a in answers[r["task"]] if a != r["answer"]]
-    if len(others) < num_options - 1:
-      raise ValueError(f"task {r['task']!r} has {len(others) + 1} distinct answers, fewer "
-                       f"than the {num_options} options an item needs")
-    picked = [others[i] for i in rng.choice(len(others), num_options - 1, replace=False)]
+    near = near_misses(r["answer"])
+    picked = [near[i] for i in rng.permutation(len(near))[:num_options - 1]]
+    others = [a for a in answers[r["task"]] if a != r["answer"] and a not in picked]
+    missing = num_options - 1 - len(picked)
+    if len(others) < missing:
+      raise ValueError(f"task {r['task']!r}: too few distinct answers for items of "
+                       f"{num_options} options")
+    picked += [others[i] for i in rng.choice(len(others), missing, replace=False)]
     options = [r["answer"]] + picked
     order = rng.permutation(num_options)
-    items.append({"messages": [m for m in r["messages"][:-1]],
+    items.append({"messages": list(r["messages"][:-1]),
                   "options": [options[i] for i in order],
                   "label": int(np.argmax(order == 0)), "task": r["task"]})
   return items

@@ -3,8 +3,10 @@
 A document is tokenized as the pipeline does (`<bos> text <eos>`, bos where the tokenizer
 has one) and cut into windows of the model's context that overlap by one token, so every
 token after the first is predicted exactly once, from the window it ends. Bits per byte
-divide the summed negative log-likelihood (in bits) by the UTF-8 bytes of the text, so
-models with different tokenizers compare; the eos prediction is counted, its zero bytes not.
+divide the summed negative log-likelihood (in bits) by the UTF-8 bytes of the text plus one
+per document end (the eos prediction stands for the boundary, as a newline would for a byte
+model), so models with different tokenizers compare; the same definition as training's
+evaluation (lm/data/pipeline.py: eval_set).
 """
 
 import math
@@ -30,7 +32,7 @@ def evaluate(engine: Any, documents: Iterable[str], batch_size: int = 64) -> dic
     windows = document_windows([int(t) for t in ids], engine.config.max_seq_len)
     prompts += [p for p, _ in windows]
     continuations += [c for _, c in windows]
-    num_bytes += len(text.encode("utf-8"))
+    num_bytes += len(text.encode("utf-8")) + 1
     count += 1
   if not prompts:
     raise ValueError("no documents with two or more tokens to measure perplexity on")

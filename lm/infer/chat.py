@@ -13,12 +13,17 @@ assistant turn that the reply continues). It is rendered by the tokenizer's
 models (token ids), or the imported model's own Jinja template (text, then encoded). The
 reply ends at the template's end-of-turn token (`<end_of_turn>`, or the tokenizer's eos),
 a stop sequence, or max_tokens.
+
+One model serves every request: a request's `model` field (required by Anthropic's SDKs)
+must be a string if given, and is otherwise ignored; replies name the model that wrote them
+(`Chat.model_name`, the workdir's name), not what the request asked for.
 """
 
 import dataclasses
+import math
 import os
 import uuid
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lm.infer.sampling import SamplingParams
 
@@ -79,7 +84,7 @@ class ChatRequest:
   sampling: SamplingParams = SamplingParams()
   stop_sequences: list[str] = dataclasses.field(default_factory=list)
   stream: bool = False
-  model: str | None = None
+  model: str | None = None  # as the request gave it; ignored (one model serves every request)
 
 
 def _text(content: Any, where: str) -> str:
@@ -104,6 +109,13 @@ def _number(body: dict, name: str, kind: type, low: float, high: float | None = 
     return None
   if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
     raise RequestError(f"{name}: must be {'a number' if kind is float else 'an integer'}")
+  if kind is float:
+    try:
+      value = float(value)
+    except OverflowError:
+      raise RequestError(f"{name}: too large for a float") from None
+    if not math.isfinite(value):
+      raise RequestError(f"{name}: {value} is not a finite number")
   if value < low or (high is not None and value > high):
     raise RequestError(f"{name}: {value} is outside [{low}, {high if high is not None else 'inf'}]")
   return kind(value)
@@ -142,7 +154,7 @@ def parse_request(body: Any, max_tokens_limit: int | None = None) -> ChatRequest
   if system is not None:
     system = _text(system, "system")
   temperature = _number(body, "temperature", float, 0.0)
-  top_k = _number(body, "top_k", int, 0)
+  top_k = _number(body, "top_k", int, 0, 2**31 - 1)  # int32 on the device
   top_p = _number(body, "top_p", float, 0.0, 1.0)
   if top_p == 0.0:
     raise RequestError("top_p: must be above 0")
@@ -155,8 +167,11 @@ def parse_request(body: Any, max_tokens_limit: int | None = None) -> ChatRequest
   model = body.get("model")
   if model is not None and not isinstance(model, str):
     raise RequestError("model: must be a string")
-  sampling = SamplingParams(temperature=1.0 if temperature is None else temperature,
-                            top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+  try:
+    sampling = SamplingParams(temperature=1.0 if temperature is None else temperature,
+                              top_k=top_k or 0, top_p=1.0 if top_p is None else top_p)
+  except ValueError as e:  # the message names the field
+    raise RequestError(str(e)) from None
   return ChatRequest(messages=clean, max_tokens=max_tokens, system=system or None,
                      sampling=sampling, stop_sequences=list(stops), stream=stream, model=model)
 
@@ -269,14 +284,16 @@ class Chat:
     return ids
 
   def snapshots(self, requests: Sequence[ChatRequest], prompts: Sequence[list[int]],
-                seeds: Sequence[int] | None = None, chunk_tokens: int | None = 16
-                ) -> Iterator[list[Any]]:
-    """Completion snapshots of a batch of requests, as `Engine.stream` yields them."""
+                seeds: Sequence[int] | None = None, chunk_tokens: int | None = 16,
+                cancelled: Callable[[], Sequence[bool]] | None = None) -> Iterator[list[Any]]:
+    """Completion snapshots of a batch of requests, as `Engine.stream` yields them
+    (`cancelled` as there: the requests to stop)."""
     seeds = list(seeds) if seeds is not None else [random_seed() for _ in requests]
     return self.engine.stream(
         list(prompts), max_new_tokens=[r.max_tokens for r in requests],
         sampling=[r.sampling for r in requests], seed=seeds, stop_token_ids=self.stop_ids,
-        stop_strings=[r.stop_sequences for r in requests], chunk_tokens=chunk_tokens)
+        stop_strings=[r.stop_sequences for r in requests], chunk_tokens=chunk_tokens,
+        cancelled=cancelled)
 
 
 class Messages:
@@ -297,7 +314,7 @@ class Messages:
     request = parse_request(body)
     prompt = self._chat.prompt(request)
     seeds = None if seed is None else [seed]
-    name = request.model or self._chat.model_name
+    name = self._chat.model_name  # request.model is ignored: this client has one model
     if stream:
       snapshots = (s[0] for s in self._chat.snapshots([request], [prompt], seeds))
       return stream_events(snapshots, request, name, len(prompt))

@@ -36,7 +36,7 @@ the decoded text is searched too, so another tokenization of it still ends the c
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from etils import epath
 import flax.linen as nn
@@ -56,8 +56,8 @@ from lm.parallel import rules as rules_lib
 from lm.train import state as state_lib
 
 # Why a row stopped, as the loop records it (0: still running).
-REASONS = {1: "end_turn", 2: "max_tokens", 3: "stop_sequence"}
-_END_TURN, _MAX_TOKENS, _STOP_SEQUENCE = 1, 2, 3
+REASONS = {1: "end_turn", 2: "max_tokens", 3: "stop_sequence", 4: "cancelled"}
+_END_TURN, _MAX_TOKENS, _STOP_SEQUENCE, _CANCELLED = 1, 2, 3, 4
 # Stop-sequence padding: ANY matches every token (left of a shorter sequence), NEVER none;
 # NO_TOKEN fills the recent-token window before a row has generated M tokens.
 _ANY, _NEVER, _NO_TOKEN = -1, -3, -2
@@ -68,7 +68,8 @@ class Completion:
   tokens: list[int]          # new tokens; the stop token that ended the row included
   text: str                  # their text, without the stop token or the stop sequence
   logprobs: list[float]      # log p(token | prompt, earlier tokens) under the model
-  stop_reason: str | None    # "end_turn", "max_tokens", "stop_sequence"; None: running
+  stop_reason: str | None    # "end_turn", "max_tokens", "stop_sequence", "cancelled" (by
+                             # the caller of `stream`); None: running
   stop_sequence: str | None = None  # the stop string that ended it
   prompt_tokens: int = 0     # length of the prompt it continues
 
@@ -162,6 +163,23 @@ def _decode(model: Decoder, params: Any, state: DecodeState, rows: Rows, num_ste
   return jax.lax.while_loop(keep_going, step, state)
 
 
+def _cancel(state: DecodeState, cancelled: jax.Array) -> DecodeState:
+  """Marks the running rows of cancelled [B] bool as done: they generate no more tokens."""
+  stopping = cancelled & ~state.done
+  return state.replace(done=state.done | stopping,
+                       reason=jnp.where(stopping, _CANCELLED, state.reason))
+
+
+def document_prompt(tokenizer: Any, text: str) -> list[int]:
+  """The token ids of `text` as the start of a document, framed as training frames one
+  (`lm.data.pipeline.Tokenize`: `<bos>` first when the tokenizer has it), so a continuation
+  is conditioned as the model learned."""
+  ids = [int(t) for t in tokenizer.encode(text, add_bos=tokenizer.bos_id is not None)]
+  if not ids:
+    raise ValueError("the prompt is empty and the tokenizer has no <bos> to start it")
+  return ids
+
+
 class Engine:
   """Batched generation from one model on one mesh; see the module docstring."""
 
@@ -190,6 +208,7 @@ class Engine:
                             static_argnames=statics)
     self._decode = jax.jit(functools.partial(_decode, self.model),
                            static_argnames=("filtered", "greedy_only"), donate_argnums=(1,))
+    self._cancel = jax.jit(_cancel, donate_argnums=(0,))
 
   def set_params(self, params: Any) -> None:
     """Decodes with `params` from now on (e.g. a policy after an update): the parameters of
@@ -212,7 +231,8 @@ class Engine:
     from lm.data import tokenizer as tokenizer_lib
     from lm.train.checkpoint import load_for_inference
     config, model_config, params = load_for_inference(workdir)
-    engine = cls(model_config, params, tokenizer_lib.get(config.data.tokenizer), mesh=mesh)
+    engine = cls(model_config, params, tokenizer_lib.for_workdir(config.data.tokenizer, workdir),
+                 mesh=mesh)
     engine.name = epath.Path(workdir).name or "lm"
     return engine
 
@@ -331,9 +351,12 @@ class Engine:
              sampling: SamplingParams | Sequence[SamplingParams] = SamplingParams(),
              seed: int | Sequence[int] = 0, stop_token_ids: Sequence[int] | None = None,
              stop_strings: Sequence[str] | Sequence[Sequence[str]] = (),
-             chunk_tokens: int | None = 16) -> Iterator[list[Completion]]:
+             chunk_tokens: int | None = 16,
+             cancelled: Callable[[], Sequence[bool]] | None = None) -> Iterator[list[Completion]]:
     """Yields every row's completion so far after each chunk of decoded tokens; the last
-    yield has every row finished. Arguments as for `generate`."""
+    yield has every row finished. Arguments as for `generate`; `cancelled()`, asked before
+    each chunk, names the rows to stop (stop_reason "cancelled"): they generate nothing more,
+    and decoding ends as soon as every row has stopped (a server's clients that left)."""
     prompts, stops, tokens, start, rows, shapes, statics = self._prepare(
         prompts, max_new_tokens, sampling, seed, stop_token_ids, stop_strings)
     count = len(prompts)
@@ -347,6 +370,14 @@ class Engine:
         yield self._completions(state, prompts, stops, count)
         if done:
           return
+      if cancelled is not None:
+        stop = np.zeros(state.done.shape, bool)
+        stop[:count] = np.asarray(cancelled(), bool)
+        if stop.any():
+          state = self._cancel(state, jax.device_put(stop, state.done.sharding))
+          if bool(np.all(jax.device_get(state.done))):
+            yield self._completions(state, prompts, stops, count)
+            return
       with self._context():
         state = self._decode(self.params, state, rows, budget, **statics)
 
@@ -400,12 +431,18 @@ class Engine:
             batch_size: int = 64) -> list[np.ndarray]:
     """log p(continuation token | prompt, earlier continuation tokens) under the engine's
     parameters: one float32 array per row, as long as its continuation (token ids both).
-    Rows go through the model `batch_size` at a time, right-padded (lm/infer/scoring.py)."""
+    Rows go through the model `batch_size` at a time (fewer where their logits would pass
+    scoring.MAX_LOGITS), right-padded (lm/infer/scoring.py)."""
     prompts, continuations = scoring.check_rows(prompts, continuations, self.config.max_seq_len,
                                                 self.config.vocab_size)
+    if not prompts:
+      return []
     if not hasattr(self, "_score"):
       self._score = jax.jit(functools.partial(scoring.token_logprobs, self.model))
     placement = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    longest = _bucket(max(len(p) + len(c) for p, c in zip(prompts, continuations)), 8)
+    batch_size = scoring.rows_per_batch(batch_size, longest, self.config.vocab_size,
+                                        self.batch_multiple)
     out = []
     for begin in range(0, len(prompts), batch_size):
       rows = slice(begin, begin + batch_size)

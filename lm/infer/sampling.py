@@ -40,7 +40,9 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
   """Temperature-scaled logits [B, V] with -inf outside each row's top-k / top-p set.
 
   temperature [B] (> 0 where it matters), top_k [B] int (0: all), top_p [B] (1: all). The
-  set always keeps the most likely token; ties at its edge are all kept.
+  set always keeps the most likely token; ties at its edge are all kept. A row with
+  top_p >= 1 keeps every token of its top-k: its float32 running sum may reach 1 before the
+  last token (at low temperature, well before), and `before < 1` would then drop the tail.
   """
   scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
   vocab = logits.shape[-1]
@@ -50,10 +52,20 @@ def filter_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
   in_top_k = rank < k
   probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
   before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above
-  keep = in_top_k & (before < top_p[:, None])
+  keep = in_top_k & ((before < top_p[:, None]) | (top_p[:, None] >= 1))
   kept = jnp.sum(keep, axis=-1)  # >= 1: rank 0 has nothing before it
   threshold = jnp.take_along_axis(ordered, (kept - 1)[:, None], axis=-1)  # [B, 1]
   return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def sampling_logits(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                    top_p: jax.Array) -> jax.Array:
+  """The logits [B, V] each row draws from: temperature-scaled, and truncated only on rows
+  that ask for it (top_k > 0 or top_p < 1), so a row without limits draws exactly what it
+  draws alone, whatever its neighbours ask."""
+  plain = logits / jnp.maximum(temperature, 1e-6)[:, None]
+  limited = (top_k > 0) | (top_p < 1)  # [B]
+  return jnp.where(limited[:, None], filter_logits(logits, temperature, top_k, top_p), plain)
 
 
 def sample(keys: jax.Array, logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -65,12 +77,13 @@ def sample(keys: jax.Array, logits: jax.Array, temperature: jax.Array, top_k: ja
   log-probability is under the model itself (log-softmax of the raw logits, before
   temperature and truncation): what training computes, and what RL compares against.
   `filtered=False` and `greedy_only=True` are static promises (no row uses top-k / top-p;
-  every row is greedy) that skip the sort and the random draw.
+  every row is greedy) that skip the sort and the random draw; with `filtered=True`, each
+  row is truncated or not by its own settings.
   """
   logprobs = jax.nn.log_softmax(logits, axis=-1)
   tokens = jnp.argmax(logits, axis=-1)
   if not greedy_only:
-    scaled = (filter_logits(logits, temperature, top_k, top_p) if filtered
+    scaled = (sampling_logits(logits, temperature, top_k, top_p) if filtered
               else logits / jnp.maximum(temperature, 1e-6)[:, None])
     drawn = jax.vmap(jax.random.categorical)(keys, scaled)
     tokens = jnp.where(temperature > 0, drawn, tokens)

@@ -16,14 +16,23 @@ import numpy as np
 
 from lm.model import Decoder
 
+MAX_LOGITS = 1 << 28  # float32 logits of one scoring batch: 1 GiB
+
 
 def token_logprobs(model: Decoder, params: Any, tokens: jax.Array) -> jax.Array:
   """log p(tokens[:, t + 1] | tokens[:, :t + 1]) for every t: [B, T] (the last column 0)."""
-  logits = model.apply({"params": params}, tokens)  # [B, T, V] float32
+  logits = model.apply({"params": params}, tokens).astype(jnp.float32)  # [B, T, V]
   targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)  # [B, T]
-  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  chosen = jnp.take_along_axis(logprobs, targets[..., None], axis=-1)[..., 0]  # [B, T]
-  return chosen.at[:, -1].set(0.0)
+  chosen = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]  # [B, T]
+  logprobs = chosen - jax.nn.logsumexp(logits, axis=-1)  # no second [B, T, V] array
+  return logprobs.at[:, -1].set(0.0)
+
+
+def rows_per_batch(batch_size: int, length: int, vocab: int, multiple: int) -> int:
+  """batch_size, or fewer rows (a power of two, at least `multiple`) where the logits of
+  batch_size rows of `length` tokens would exceed MAX_LOGITS values."""
+  fit = max(1, MAX_LOGITS // (length * vocab))
+  return max(multiple, min(batch_size, 1 << (fit.bit_length() - 1)))
 
 
 def check_rows(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],

@@ -7,23 +7,31 @@
 
 Standard library only: `http.server.ThreadingHTTPServer` gives each connection a thread
 that parses and validates its request, then hands it to the one engine thread. That thread
-takes every request waiting (up to `max_batch`) and decodes them as one batch, streaming
+takes every request waiting (up to `max_batch`) and decodes them as one batch, posting
 snapshots back to their connections every `chunk_tokens` tokens; requests arriving
-meanwhile queue for the next batch (at most `max_queue`, then 529 overloaded_error).
+meanwhile queue for the next batch (at most `max_queue`, then 529 overloaded_error). A
+connection whose client has gone (closed while it waits or streams) cancels its request:
+its row stops generating at the next chunk, and a batch whose clients have all gone ends.
 
-Errors are JSON in the Messages API's shape, {"type": "error", "error": {"type", "message"}}:
-400 for a malformed request, 401 without the API key (when one is set), 404 / 405 for an
-unknown route, 411 / 413 for a missing or too large body, 500 if generation fails. A bad
-request never stops the server.
+The request's `model` field is ignored (one model serves all); replies name the served
+model. Errors are JSON in the Messages API's shape, {"type": "error", "error": {"type",
+"message"}}: 400 for a malformed request (bad JSON, non-finite numbers, nesting too deep, a
+bad Content-Length, invalid fields), 401 without the API key (when one is set), 404 / 405
+for an unknown route, 411 / 413 for a missing or too large body, 500 if generation fails or
+anything unexpected happens. Every request gets a reply; a bad one never stops the server.
 """
 
+import collections
 import dataclasses
 import hmac
 import http.server
 import json
+import math
 import queue
+import select
+import socket
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging
 
@@ -45,17 +53,35 @@ class _Job:
   request: chat_lib.ChatRequest
   prompt: list[int]
   updates: queue.Queue = dataclasses.field(default_factory=queue.Queue)
+  cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+@dataclasses.dataclass
+class BatchRecord:
+  """What the engine thread ran: one batch, its rows' tokens generated and stop reasons."""
+  size: int
+  tokens: list[int]
+  stop_reasons: list[str | None]
 
 
 _DONE = object()
 
 
 class Batcher:
-  """The engine thread: batches waiting jobs, runs them, posts snapshots to each job."""
+  """The engine thread: batches waiting jobs, runs them, posts snapshots to each job.
+
+  `history` keeps the most recent batches (BatchRecord) for monitoring and tests. Clearing
+  `admit` holds the thread once it has taken the next job (`held`) and before it gathers the
+  rest of its batch, so that requests queue up behind it (tests use it).
+  """
 
   def __init__(self, chat: chat_lib.Chat, limits: Limits):
     self.chat, self.limits = chat, limits
     self.jobs: queue.Queue = queue.Queue(maxsize=limits.max_queue)
+    self.history: collections.deque[BatchRecord] = collections.deque(maxlen=256)
+    self.admit = threading.Event()
+    self.admit.set()
+    self.held: _Job | None = None
     self.thread = threading.Thread(target=self._run, name="lm-engine", daemon=True)
     self.thread.start()
 
@@ -68,16 +94,21 @@ class Batcher:
 
   def _run(self) -> None:
     while True:
-      batch = [self.jobs.get()]
+      self.held = self.jobs.get()
+      self.admit.wait()
+      batch, self.held = [self.held], None
       while len(batch) < self.limits.max_batch:
         try:
           batch.append(self.jobs.get_nowait())
         except queue.Empty:
           break
-      chunk = self.limits.chunk_tokens if any(j.request.stream for j in batch) else None
+      snapshots = None
       try:
-        for snapshots in self.chat.snapshots([j.request for j in batch],
-                                             [j.prompt for j in batch], chunk_tokens=chunk):
+        # Chunked even without streaming, so that cancelled rows stop between chunks.
+        for snapshots in self.chat.snapshots(
+            [j.request for j in batch], [j.prompt for j in batch],
+            chunk_tokens=self.limits.chunk_tokens,
+            cancelled=lambda batch=batch: [j.cancelled.is_set() for j in batch]):
           for job, completion in zip(batch, snapshots):
             job.updates.put(completion)
       except Exception as e:  # pylint: disable=broad-except
@@ -86,12 +117,24 @@ class Batcher:
           job.updates.put(e)
       for job in batch:
         job.updates.put(_DONE)
+      self.history.append(BatchRecord(
+          len(batch), [len(c.tokens) for c in snapshots or []],
+          [c.stop_reason for c in snapshots or []]))
 
   @staticmethod
-  def snapshots(job: _Job) -> Iterator[Any]:
-    """The job's completion snapshots, up to the final one; re-raises a generation error."""
+  def snapshots(job: _Job, connected: Callable[[], bool] = lambda: True,
+                poll_s: float = 0.05) -> Iterator[Any]:
+    """The job's completion snapshots, up to the final one; re-raises a generation error.
+    While it waits it asks `connected()` every `poll_s` seconds; when the client has gone it
+    cancels the job and raises ConnectionAbortedError."""
     while True:
-      item = job.updates.get()
+      try:
+        item = job.updates.get(timeout=poll_s)
+      except queue.Empty:
+        if not connected():
+          job.cancelled.set()
+          raise ConnectionAbortedError("the client closed the connection") from None
+        continue
       if item is _DONE:
         return
       if isinstance(item, Exception):
@@ -126,6 +169,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     logging.info("%s " + format, self.address_string(), *args)
 
+  def handle_one_request(self) -> None:
+    self.replied = False
+    super().handle_one_request()
+
+  def send_response(self, code: int, message: str | None = None) -> None:
+    self.replied = True
+    super().send_response(code, message)
+
   def _send_json(self, status: int, body: dict) -> None:
     data = json.dumps(body).encode()
     self.send_response(status)
@@ -138,7 +189,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _send_error(self, error: RequestError) -> None:
     self._send_json(error.status, error.to_dict())
 
+  def _answering_errors(self, handler: Callable[[], None]) -> None:
+    """Runs handler; an exception that escapes it is answered with a 500 in the API's error
+    shape (when no reply has started) rather than a dropped connection."""
+    try:
+      handler()
+    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+      self.close_connection = True  # the client has gone; nobody to answer
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("unexpected error answering %s %s", self.command, self.path)
+      self.close_connection = True
+      if not self.replied:
+        self._send_error(RequestError(f"internal error: {type(e).__name__}", 500, "api_error"))
+
   def do_GET(self):  # pylint: disable=invalid-name
+    self._answering_errors(self._get)
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    self._answering_errors(self._post)
+
+  def _get(self) -> None:
     if self.path.split("?")[0] == "/health":
       self._send_json(200, {"status": "ok", "model": self.server.chat.model_name,
                             "queued": self.server.batcher.jobs.qsize()})
@@ -147,7 +217,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     else:
       self._send_error(RequestError(f"no route {self.path}", 404, "not_found_error"))
 
-  def do_POST(self):  # pylint: disable=invalid-name
+  def _post(self) -> None:
     try:
       if self.path.split("?")[0] != "/v1/messages":
         raise RequestError(f"no route {self.path}", 404, "not_found_error")
@@ -158,12 +228,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     except RequestError as e:
       self._send_error(e)
       return
-    name = request.model or self.server.chat.model_name
+    name = self.server.chat.model_name  # request.model is ignored: one model serves all
     if request.stream:
       self._stream(job, name)
       return
     try:
-      *_, final = Batcher.snapshots(job)
+      *_, final = Batcher.snapshots(job, self._connected)
+    except ConnectionAbortedError:
+      return
     except Exception as e:  # pylint: disable=broad-except
       self._send_error(RequestError(f"generation failed: {e}", 500, "api_error"))
       return
@@ -184,17 +256,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _read_request(self) -> tuple[chat_lib.ChatRequest, list[int]]:
     limit = self.server.limits.max_request_bytes
     length = self.headers.get("content-length")
-    if length is None or not length.strip().isdigit():
+    if length is None:
       raise RequestError("a Content-Length header is required", 411)
+    if not (length.strip().isascii() and length.strip().isdigit()):
+      self.close_connection = True  # the body's end is unknown
+      raise RequestError(f"Content-Length: {length[:40]!r} is not a decimal byte count")
     length = int(length)
     if length > limit:
       self._drain(length)
       raise RequestError(f"the request body has {length} bytes; the limit is {limit}", 413,
                          "request_too_large")
-    try:
-      body = json.loads(self.rfile.read(length))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise RequestError(f"the body is not valid JSON: {e}") from None
+    body = parse_json(self.rfile.read(length))
     request = chat_lib.parse_request(body, self.server.limits.max_tokens)
     return request, self.server.chat.prompt(request)
 
@@ -216,17 +288,53 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.send_header("Connection", "close")
     self.end_headers()
     try:
-      for event in chat_lib.stream_events(Batcher.snapshots(job), job.request, name,
-                                          len(job.prompt)):
+      for event in chat_lib.stream_events(Batcher.snapshots(job, self._connected), job.request,
+                                          name, len(job.prompt)):
         self._event(event)
-    except (BrokenPipeError, ConnectionResetError):
-      return  # the client left; its rows finish with the batch
+    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+      job.cancelled.set()  # the client left: its row stops at the next chunk
+      self.close_connection = True
+      return
     except Exception as e:  # pylint: disable=broad-except
       self._event(RequestError(f"generation failed: {e}", 500, "api_error").to_dict())
+
+  def _connected(self) -> bool:
+    """False once the client has closed its end (readable with nothing to read: EOF).
+    A client that half-closes its socket after the request counts as gone too."""
+    try:
+      poller = select.poll()  # poll, not select: no limit on the descriptor's number
+      poller.register(self.connection, select.POLLIN)
+      return not poller.poll(0) or bool(self.connection.recv(1, socket.MSG_PEEK))
+    except OSError:
+      return False
 
   def _event(self, event: dict) -> None:
     self.wfile.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
     self.wfile.flush()
+
+
+def _reject_constant(name: str) -> None:
+  raise RequestError(f"the body is not valid JSON: {name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+  value = float(text)
+  if not math.isfinite(value):
+    raise RequestError(f"the body has a number out of range: {text[:40]}")
+  return value
+
+
+def parse_json(data: bytes) -> Any:
+  """The JSON value of a request body; RequestError (400) for anything that is not strict
+  JSON with finite numbers, or that nests too deeply to parse."""
+  try:
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+  except RequestError:
+    raise
+  except RecursionError:
+    raise RequestError("the body nests too deeply to parse") from None
+  except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, int digits over the limit
+    raise RequestError(f"the body is not valid JSON: {e}") from None
 
 
 def serve(engine: Any, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

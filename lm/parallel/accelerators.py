@@ -4,9 +4,12 @@ The planner (`lm plan`) sizes runs with it; the training loop's MFU divides by i
 """
 
 import dataclasses
+import functools
 import os
+import time
 
 import jax
+import jax.numpy as jnp
 
 GiB = 2 ** 30
 
@@ -31,17 +34,31 @@ ACCELERATORS: dict[str, Accelerator] = {
     "h200": Accelerator("H200", 989e12, 4.8e12, 141e9, 1, ("H200",)),
     "a100": Accelerator("A100", 312e12, 2.04e12, 80e9, 1, ("A100",)),
 }
-# A CPU has no published number: assume 2.5 GHz x 32 float32 FLOPs per cycle (two 256-bit FMA
-# pipes) per core, near what AVX2/AVX-512 machines reach in matmuls.
-CPU_FLOPS_PER_CORE = 2.5e9 * 32
+
+
+@functools.cache
+def measured_cpu_flops(n: int = 1024, repeats: int = 5) -> float:
+  """float32 FLOP/s of this process's CPU devices together, measured: the best of `repeats`
+  timed runs of a jitted [n, n] @ [n, n] matmul (about 0.1 s, once per process). A CPU has
+  no published peak; this is the rate its matmuls reach now (lower on a loaded machine)."""
+  x = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(x).block_until_ready()  # compile
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(x).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n ** 3 / best
 
 
 def local_accelerator() -> Accelerator:
-  """The accelerator of this process's devices; a CPU gets its RAM and a nominal peak."""
+  """The accelerator of this process's devices; a CPU gets its RAM and its measured matmul
+  rate as the peak (shared by the process's CPU devices, which use the same cores)."""
   device = jax.devices()[0]
   if device.platform == "cpu":
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Accelerator("CPU", CPU_FLOPS_PER_CORE * (os.cpu_count() or 1) / jax.local_device_count(),
+    return Accelerator("CPU", measured_cpu_flops() / jax.local_device_count(),
                        float("nan"), ram / jax.local_device_count(), 1, ("cpu",))
   kinds = sorted(((kind, acc) for acc in ACCELERATORS.values() for kind in acc.device_kinds),
                  key=lambda item: -len(item[0]))  # "TPU v5 lite" before "TPU v5"

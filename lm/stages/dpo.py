@@ -105,19 +105,21 @@ class Stage(pairs.PairStage):
         self.label_smoothing)
     chosen_rewards, rejected_rewards = (jax.lax.stop_gradient(chosen_rewards),
                                         jax.lax.stop_gradient(rejected_rewards))
-    sums = {"weight": jnp.asarray(losses.shape[0], jnp.float32), "loss": jnp.sum(losses),
-            "rewards/chosen": jnp.sum(chosen_rewards),
-            "rewards/rejected": jnp.sum(rejected_rewards),
-            "rewards/margins": jnp.sum(chosen_rewards - rejected_rewards),
-            "rewards/accuracies": jnp.sum((chosen_rewards > rejected_rewards).astype(jnp.float32)),
-            "logps/chosen": jnp.sum(jax.lax.stop_gradient(chosen)),
-            "logps/rejected": jnp.sum(jax.lax.stop_gradient(rejected))}
+    w = batch["weight"]                                    # [B]: 0 on padding rows
+    sums = {"weight": jnp.sum(w), "loss": jnp.sum(w * losses),
+            "rewards/chosen": jnp.sum(w * chosen_rewards),
+            "rewards/rejected": jnp.sum(w * rejected_rewards),
+            "rewards/margins": jnp.sum(w * (chosen_rewards - rejected_rewards)),
+            "rewards/accuracies": jnp.sum(w * (chosen_rewards > rejected_rewards)),
+            "logps/chosen": jnp.sum(w * jax.lax.stop_gradient(chosen)),
+            "logps/rejected": jnp.sum(w * jax.lax.stop_gradient(rejected))}
     return sums["loss"], sums
 
   def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch
                 ) -> dict[str, jax.Array]:
     return self.loss(apply, params, frozen, batch)[1]
 
-  def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+  def eval_metrics(self, totals: dict[str, float], eval_set: Any) -> dict[str, float]:
+    del eval_set
     weight = max(totals["weight"], 1.0)
     return {f"eval_{name}": totals[name] / weight for name in ("loss", *METRICS)}

@@ -14,7 +14,8 @@ against row). Per side the batch holds
   <side>_last       [B] int32       the position of the reply's last token (a reward head
                                     reads there, having seen the whole prompt and reply)
 
-and `margin`, `p_chosen` [B] float32. A conversation longer than `train.seq_len` tokens
+and `margin`, `p_chosen`, `weight` [B] float32 (weight 1 for a pair, 0 for the empty rows
+that fill the last held-out batch: every sum a stage reports is weighted by it). A conversation longer than `train.seq_len` tokens
 loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
 so is a pair whose reply would keep no token.
 """
@@ -77,7 +78,8 @@ class PairRow:
 
   def __call__(self, record: dict) -> dict[str, np.ndarray] | None:
     messages, chosen, rejected, margin, p_chosen = formats.preference_of(record)
-    row = {"margin": np.float32(margin), "p_chosen": np.float32(p_chosen)}
+    row = {"margin": np.float32(margin), "p_chosen": np.float32(p_chosen),
+           "weight": np.float32(1.0)}
     for side, reply in zip(SIDES, (chosen, rejected)):
       rendered = self.side(messages, reply)
       if rendered is None:
@@ -88,7 +90,8 @@ class PairRow:
 
 def example_batch(batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
   """Zeros shaped like a pair batch (to compile ahead of time)."""
-  batch = {"margin": np.zeros(batch_size, np.float32), "p_chosen": np.ones(batch_size, np.float32)}
+  batch = {"margin": np.zeros(batch_size, np.float32), "p_chosen": np.ones(batch_size, np.float32),
+           "weight": np.ones(batch_size, np.float32)}
   for side in SIDES:
     batch.update({f"{side}_inputs": np.zeros((batch_size, seq_len), np.int32),
                   f"{side}_targets": np.zeros((batch_size, seq_len), np.int32),
@@ -113,14 +116,11 @@ class PairStage:
                     seed: int) -> pipeline_lib.Batches:
     return pipeline_lib.padded_batches(records, self.row, config, rows, seed)
 
-  def eval_batches(self, records: Sequence, config: ml_collections.ConfigDict,
-                   rows: slice) -> list[dict[str, np.ndarray]]:
-    batches = pipeline_lib.padded_batches(records, self.row, config, rows, seed=0,
-                                          shuffle=False)
-    try:
-      return [next(batches) for _ in range(config.train.eval_batches)]
-    finally:
-      batches.close()
+  def eval_set(self, records: Sequence, config: ml_collections.ConfigDict,
+               rows: slice) -> pipeline_lib.EvalSet:
+    padding = {key: np.zeros_like(value[0])
+               for key, value in example_batch(1, config.train.seq_len).items()}
+    return pipeline_lib.padded_eval_set(records, self.row, config, rows, padding)
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return example_batch(batch_size, seq_len)

@@ -41,11 +41,13 @@ def loss_fn(apply: Callable, params, batch: Batch, z_loss: float = 0.0
   return nll_sum + z_loss * z_sum, sums
 
 
-def token_eval_metrics(totals: dict[str, float]) -> dict[str, float]:
-  """Loss, perplexity and bits per byte (which compares tokenizers) of the covered tokens."""
+def token_eval_metrics(totals: dict[str, float], num_bytes: float) -> dict[str, float]:
+  """Loss and perplexity of the covered tokens; bits per byte over `num_bytes`, the bytes of
+  text they stand for (it compares tokenizers)."""
   loss = totals["loss"] / max(totals["weight"], 1.0)
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)),
-          "eval_bits_per_byte": totals["loss"] / math.log(2) / max(totals["bytes"], 1.0)}
+          "eval_bits_per_byte": totals["loss"] / math.log(2) / max(num_bytes, 1),
+          "eval_tokens": totals["weight"]}
 
 
 class TokenStage:
@@ -73,12 +75,7 @@ class TokenStage:
                 ) -> dict[str, jax.Array]:
     del frozen
     _, sums = loss_fn(apply, params, batch)
-    token_bytes = jnp.asarray(self.tokenizer.token_bytes)
-    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
     return sums
-
-  def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
-    return token_eval_metrics(totals)
 
   def between_steps(self, state: Any, step: int) -> Any:
     del step
@@ -94,9 +91,13 @@ class Stage(TokenStage):
                     rows: slice, seed: int) -> pipeline_lib.Batches:
     return pipeline_lib.train_batches(records, self.tokenizer, config, rows, seed=seed)
 
-  def eval_batches(self, records: Sequence[str], config: ml_collections.ConfigDict,
-                   rows: slice) -> list[dict[str, np.ndarray]]:
-    return pipeline_lib.eval_batches(records, self.tokenizer, config, rows)
+  def eval_set(self, records: Sequence[str], config: ml_collections.ConfigDict,
+               rows: slice) -> pipeline_lib.EvalSet:
+    return pipeline_lib.eval_set(records, self.tokenizer, config, rows)
+
+  def eval_metrics(self, totals: dict[str, float], eval_set: pipeline_lib.EvalSet
+                   ) -> dict[str, float]:
+    return token_eval_metrics(totals, eval_set.bytes)  # the documents' bytes, ends included
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return pipeline_lib.example_batch(batch_size, seq_len)

@@ -67,12 +67,13 @@ class Stage(pairs.PairStage):
     losses = bradley_terry_loss(chosen, rejected, batch["margin"], batch["p_chosen"])
     if self.center:
       losses = losses + self.center * jnp.square(chosen + rejected)
-    both = jnp.concatenate([chosen, rejected])
-    return {"weight": jnp.asarray(chosen.shape[0], jnp.float32), "loss": jnp.sum(losses),
-            "accuracy": jnp.sum((chosen > rejected).astype(jnp.float32)),
-            "margin": jnp.sum(chosen - rejected), "rewards/chosen": jnp.sum(chosen),
-            "rewards/rejected": jnp.sum(rejected), "reward_sum": jnp.sum(both),
-            "reward_square_sum": jnp.sum(jnp.square(both))}
+    w = batch["weight"]                                    # [B]: 0 on padding rows
+    return {"weight": jnp.sum(w), "loss": jnp.sum(w * losses),
+            "accuracy": jnp.sum(w * (chosen > rejected)),
+            "margin": jnp.sum(w * (chosen - rejected)), "rewards/chosen": jnp.sum(w * chosen),
+            "rewards/rejected": jnp.sum(w * rejected),
+            "reward_sum": jnp.sum(w * (chosen + rejected)),
+            "reward_square_sum": jnp.sum(w * (jnp.square(chosen) + jnp.square(rejected)))}
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch):
     del frozen
@@ -84,7 +85,8 @@ class Stage(pairs.PairStage):
     del frozen
     return self._sums(apply, params, batch)
 
-  def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+  def eval_metrics(self, totals: dict[str, float], eval_set: Any) -> dict[str, float]:
+    del eval_set
     weight = max(totals["weight"], 1.0)
     mean = totals["reward_sum"] / (2 * weight)
     variance = max(totals["reward_square_sum"] / (2 * weight) - mean * mean, 0.0)

@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from absl import logging
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -111,14 +112,21 @@ class Stage(pretrain.TokenStage):
                      self.example.seq_len)
     return pipeline_lib.example_batches(records, self.example, config, rows, seed)
 
-  def eval_batches(self, records: Sequence, config: ml_collections.ConfigDict,
-                   rows: slice) -> list[dict[str, np.ndarray]]:
-    batches = pipeline_lib.example_batches(records, self.example, config, rows, seed=0,
-                                           shuffle=False)
-    try:
-      return [next(batches) for _ in range(config.train.eval_batches)]
-    finally:
-      batches.close()
+  def eval_set(self, records: Sequence, config: ml_collections.ConfigDict,
+               rows: slice) -> pipeline_lib.EvalSet:
+    return pipeline_lib.example_eval_set(records, self.example, config, rows)
+
+  def eval_sums(self, apply: Any, params: Any, frozen: Any, batch: dict) -> dict:
+    """The loss sums, and the bytes of text the assistant tokens stand for."""
+    sums = super().eval_sums(apply, params, frozen, batch)
+    token_bytes = jnp.asarray(self.tokenizer.token_bytes)
+    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
+    return sums
+
+  def eval_metrics(self, totals: dict[str, float], eval_set: pipeline_lib.EvalSet
+                   ) -> dict[str, float]:
+    # The end-of-turn tokens stand for no text; they are paid for like the text.
+    return pretrain.token_eval_metrics(totals, totals["bytes"])
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return pipeline_lib.example_batch(batch_size, seq_len)

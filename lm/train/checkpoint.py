@@ -31,25 +31,29 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   Every process writes the streams it reads (processes that share rows write the same bytes)
   and reads back the streams it reads now, so a checkpoint resumes on another number of
-  processes as long as the streams are the same."""
+  processes as long as the streams are the same. Beside each stream's position: the
+  fingerprint of the streams and the seed they were shuffled by."""
 
   def save(self, directory: epath.Path, args: "DataStateSave") -> None:
     for stream, state in args.state["streams"].items():
-      payload = json.dumps({"fingerprint": args.state["fingerprint"], "state": state})
+      payload = json.dumps({"fingerprint": args.state["fingerprint"],
+                            "seed": args.state.get("seed"), "state": state})
       tmp = directory / f".stream_{stream}.json.{jax.process_index()}"
       tmp.write_text(payload)
       tmp.replace(directory / f"stream_{stream}.json")
 
   def restore(self, directory: epath.Path, args: "DataStateRestore") -> dict | None:
-    """{"fingerprint", "streams"} for the streams asked for; None when one is missing."""
-    streams, fingerprint = {}, None
+    """{"fingerprint", "seed", "streams"} for the streams asked for; None when one is
+    missing. The seed is None in checkpoints older than it (their fingerprint holds it)."""
+    streams, saved = {}, {}
     for stream in args.streams:
       path = directory / f"stream_{stream}.json"
       if not path.exists():
         return None
       saved = json.loads(path.read_text())
-      fingerprint, streams[str(stream)] = saved["fingerprint"], saved["state"]
-    return {"fingerprint": fingerprint, "streams": streams}
+      streams[str(stream)] = saved["state"]
+    return {"fingerprint": saved.get("fingerprint"), "seed": saved.get("seed"),
+            "streams": streams}
 
   def metadata(self, directory: epath.Path) -> None:
     return None

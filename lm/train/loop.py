@@ -112,12 +112,14 @@ def make_eval_step(model: nn.Module, stage: Stage) -> Callable:
 
 
 def evaluate(eval_step: Callable, state: state_lib.TrainState, eval_batches: list,
-             stage: Stage) -> dict[str, float]:
+             eval_set: Any, stage: Stage) -> dict[str, float]:
+  """The stage's metrics from the sums over every held-out batch (`eval_set`: what they
+  hold, e.g. the bytes of their text for bits per byte)."""
   totals: dict[str, float] = {}
   for batch in eval_batches:
     for name, value in jax.device_get(eval_step(state.params, state.frozen, batch)).items():
       totals[name] = totals.get(name, 0.0) + float(value)
-  return stage.eval_metrics(totals)
+  return stage.eval_metrics(totals, eval_set)
 
 
 def raise_if_nonfinite(state: state_lib.TrainState, manager, to_close: list) -> None:
@@ -232,17 +234,10 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
     state, data_state = restored
   if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
     save_config(config, workdir)
+    tokenizer_lib.save_chat_template(setup.tokenizer, workdir)  # what lm chat / serve render
   if restored is not None:  # continue the input streams where the checkpoint left them
-    reason = pipeline_lib.why_not_resumable(train_data, data_state)
-    if reason is None:
-      train_data.set_state(data_state)
-    else:
-      start_step = int(jax.device_get(state.step))
-      logging.warning("The data position in the checkpoint at step %d does not apply (%s); "
-                      "the input streams restart with a new shuffle (seed %d + step)",
-                      start_step, reason, config.seed)
-      train_data.close()
-      train_data = setup.train_batches(config.seed + start_step)
+    train_data = pipeline_lib.resume(train_data, data_state, int(jax.device_get(state.step)),
+                                     config, setup.train_batches)
   return state, train_data, restored is not None
 
 
@@ -258,8 +253,8 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(setup.model, stage),
                       in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
-  eval_data = [setup.to_global(b)
-               for b in stage.eval_batches(setup.source.eval, config, setup.rows)]
+  eval_set = stage.eval_set(setup.source.eval, config, setup.rows)
+  eval_data = [setup.to_global(b) for b in eval_set.batches]
   flops_per_step = (state_lib.flops_per_token(setup.model_config, t.seq_len)
                     * t.batch_size * t.seq_len)
   peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
@@ -322,7 +317,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         raise_if_nonfinite(state, manager, [train_data, progress, writer])
 
       if done % t.eval_every == 0 or done == t.steps:
-        eval_metrics = evaluate(eval_step, state, eval_data, stage)
+        eval_metrics = evaluate(eval_step, state, eval_data, eval_set, stage)
         writer.write(done, eval_metrics)
         progress.message(f"eval at step {done}: " + " | ".join(
             f"{name.removeprefix('eval_')} {value:.4f}" for name, value in eval_metrics.items()))

@@ -34,6 +34,7 @@ Apply = Callable[..., jax.Array]   # apply(params, tokens, **kwargs): the model'
 class Batches(Protocol):
   """A process's rows of every global batch, resumable (lm/data/pipeline.py's Batches)."""
   fingerprint: dict
+  seed: int
   shards: list[int]
 
   def __next__(self) -> dict[str, np.ndarray]: ...
@@ -69,16 +70,17 @@ class Stage(Protocol):
                 ) -> dict[str, jax.Array]:
     """The sums evaluation adds up over the held-out batches."""
 
-  def eval_metrics(self, totals: dict[str, float]) -> dict[str, float]:
-    """Evaluation metrics (eval_loss, ...) from the sums added over every held-out batch."""
+  def eval_metrics(self, totals: dict[str, float], eval_set: Any) -> dict[str, float]:
+    """Evaluation metrics (eval_loss, ...) from the sums added over every held-out batch of
+    `eval_set` (which may say more about them, e.g. the bytes of their text)."""
 
   def train_batches(self, records: Sequence, config: ml_collections.ConfigDict, rows: slice,
                     seed: int) -> Batches:
     """This process's `rows` of every training batch, shuffled by `seed`."""
 
-  def eval_batches(self, records: Sequence, config: ml_collections.ConfigDict,
-                   rows: slice) -> list[dict[str, np.ndarray]]:
-    """This process's rows of `train.eval_batches` fixed held-out batches."""
+  def eval_set(self, records: Sequence, config: ml_collections.ConfigDict, rows: slice) -> Any:
+    """What every evaluation scores: `.batches`, this process's rows of fixed held-out
+    batches (lm/data/pipeline.py's EvalSet)."""
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     """Zeros shaped like a training batch (to compile ahead of time, e.g. `lm plan`)."""

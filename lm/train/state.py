@@ -64,9 +64,15 @@ def state_shardings(model: nn.Module, tx: optax.GradientTransformation, mesh: Me
   param_shardings, frozen_shardings = partition(all_shardings)
   opt_state = jax.eval_shape(tx.init, params)
   replicated = rules_lib.replicated(mesh)
+  def leaf_sharding(leaf, sharding, param):
+    if isinstance(leaf, optax.MaskedNode):  # a leaf another part of a partition owns
+      return leaf
+    return sharding if leaf.shape == param.shape else replicated
+
   opt_shardings = optax.tree_map_params(
-      tx, lambda leaf, sharding, param: sharding if leaf.shape == param.shape else replicated,
-      opt_state, param_shardings, params, transform_non_params=lambda _: replicated)
+      tx, leaf_sharding, opt_state, param_shardings, params,
+      transform_non_params=lambda _: replicated,
+      is_leaf=lambda x: isinstance(x, optax.MaskedNode))
   guard = jax.eval_shape(guard_lib.init)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                         opt_state=opt_state, guard=guard, frozen=frozen)

@@ -1,6 +1,7 @@
 """Operator errors caught before anything compiles: a workdir that cannot be written or has no
 room for a checkpoint, and a config that no longer fits the checkpoints in the workdir."""
 
+import dataclasses
 import os
 import shutil
 from typing import Callable
@@ -8,6 +9,9 @@ from typing import Callable
 from absl import logging
 from etils import epath
 import jax
+import ml_collections
+
+from lm import config as config_lib
 
 
 def prepare(workdir: str, checkpoint_bytes: int) -> None:
@@ -41,12 +45,32 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
   return flat
 
 
+# Model fields that change how the model is computed, not what it computes.
+COMPUTE_FIELDS = ("dtype", "remat", "scan_layers", "max_seq_len", "init_std")
+
+
+def _model_changes(saved: dict, current: dict) -> list[str]:
+  """"model.<field>: old -> new" for each field of the resolved ModelConfigs (preset and
+  overrides) that differs, compute-only fields aside; the raw model.* fields when a config no
+  longer resolves (a preset since removed)."""
+  try:
+    old, new = ({f"model.{k}": v for k, v in dataclasses.asdict(
+        config_lib.model_config(ml_collections.ConfigDict(c))).items()} for c in (saved, current))
+  except Exception:  # pylint: disable=broad-except
+    old, new = ({k: v for k, v in _flatten(c).items() if k.startswith("model.")}
+                for c in (saved, current))
+  return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+          if old.get(key) != new.get(key) and key.split(".", 1)[1] not in COMPUTE_FIELDS]
+
+
 def resume_check(config_json: dict, workdir: str
                  ) -> Callable[[dict | None, int, bool], None]:
   """check(saved_config, step, fits): raises when the checkpoint at `step` cannot continue the
-  run whose config is `config_json` (`fits` is False: its arrays have other shapes or
-  structure, e.g. another model or optimizer); logs every other changed field (a new learning
-  rate or step count is allowed)."""
+  run whose config is `config_json`: `fits` is False (its arrays have other shapes or
+  structure, e.g. another model or optimizer), or the model computes another function with
+  the same shapes (another MLP, RoPE theta, window, norm epsilon) and
+  train.allow_model_change is off. Logs every other changed field (a new learning rate or
+  step count is allowed)."""
   current = _flatten(config_json)
 
   def check(saved: dict | None, step: int, fits: bool) -> None:
@@ -61,6 +85,13 @@ def resume_check(config_json: dict, workdir: str
           f"The checkpoint at step {step} in {workdir} does not fit this config: its parameter "
           f"or optimizer arrays have other shapes ({'; '.join(shape_fields) or 'see config.json'}"
           "). Resume with the checkpoint's settings, or train the new shape in a new --workdir")
+    model_changes = _model_changes(saved, config_json) if saved is not None else []
+    if model_changes and not current.get("train.allow_model_change"):
+      raise ValueError(
+          f"The checkpoint at step {step} in {workdir} was trained as another model with the "
+          f"same shapes ({'; '.join(model_changes)}). Resume with the checkpoint's settings, "
+          "train the new model in a new --workdir, or pass "
+          "--config.train.allow_model_change=True to continue from these weights")
     if changed:
       logging.warning("Config changed since the checkpoint at step %d (allowed, resuming): %s",
                       step, "; ".join(changed.values()))

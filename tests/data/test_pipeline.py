@@ -30,7 +30,6 @@ def documents(n: int = 60, seed: int = 0) -> list[str]:
 def make_config(**overrides):
   config = config_lib.base_config()
   config.train.batch_size, config.train.seq_len = 8, 32
-  config.train.eval_batches = 2
   for key, value in overrides.items():
     section, field = key.split(".")
     config[section][field] = value
@@ -151,19 +150,62 @@ def test_resume_from_saved_state_in_a_new_process(tmp_path, overrides):
   assert out.split() == expected
 
 
-def test_a_state_saved_for_other_streams_does_not_apply():
+def test_a_state_saved_for_other_streams_does_not_apply(tmp_path):
   state = make_batches().get_state()
   assert pipeline.why_not_resumable(make_batches(), state) is None
   reason = pipeline.why_not_resumable(make_batches(**{"train.seq_len": 16}), state)
   assert "seq_len 32 -> 16" in reason
   assert "no position" in pipeline.why_not_resumable(make_batches(), None)
+  # Another held-out share, or an edited file, is another training split.
+  reason = pipeline.why_not_resumable(make_batches(**{"data.eval_every_nth": 10}), state)
+  assert reason == "changed: eval_every_nth 20 -> 10"
+  (tmp_path / "a.txt").write_text("one")
+  files = {"data.source": f"text:{tmp_path}/*.txt"}
+  state = make_batches(**files).get_state()
+  assert pipeline.why_not_resumable(make_batches(**files), state) is None
+  os.utime(tmp_path / "a.txt", ns=(1, 10**18))
+  assert "changed: files" in pipeline.why_not_resumable(make_batches(**files), state)
 
 
-def test_eval_batches_are_fixed_and_come_from_the_held_out_documents():
-  held_out = [f"[held out {i}] " * 5 for i in range(3)]  # fewer than the batches need: cycled
-  config = make_config()
-  first = pipeline.eval_batches(held_out, TOKENIZER, config, slice(0, 8))
-  again = pipeline.eval_batches(held_out, TOKENIZER, config, slice(0, 8))
-  assert len(first) == 2 and [digest(b) for b in first] == [digest(b) for b in again]
-  text = TOKENIZER.decode(np.concatenate([b["inputs"].ravel() for b in first]))
-  assert "held out" in text and "<0" not in text
+# Held-out documents with multi-byte characters, one longer than a row, one empty: 3 batches
+# of 8 x 32 tokens, the last one padded.
+HELD_OUT = ["[held out 0] Grüße aus Köln, naïve café", "[held out 1] " + "日本語のテキスト。" * 4,
+            "[held out 2] ½ → ∞ and 🙂🎉", "",
+            *(f"[held out {i}] " + "abc " * i for i in range(3, 12))]
+
+
+def check_eval_set_scores_the_text(tokenizer, docs, **overrides) -> pipeline.EvalSet:
+  """The eval set scores every token of every document once, in order, and counts the
+  documents' UTF-8 bytes plus one per document end; the same whatever the streams."""
+  config = make_config(**overrides)
+  whole = pipeline.eval_set(docs, tokenizer, config, slice(0, 8))
+  expected = [tokenizer.encode(d, add_bos=True, add_eos=True) for d in docs]
+  scored = np.concatenate([b["targets"][b["loss_mask"] > 0] for b in whole.batches])
+  np.testing.assert_array_equal(scored, np.concatenate([ids[1:] for ids in expected]))
+  assert whole.tokens == len(scored) and whole.documents == len(docs)
+  assert whole.bytes == len(("\n".join(docs) + "\n").encode("utf-8"))
+  ends = np.flatnonzero(scored == tokenizer.eos_id)
+  assert [tokenizer.decode(part) for part in np.split(scored, ends + 1)[:-1]] == docs
+  for shards, processes in ((1, 1), (2, 1), (2, 2), (4, 2), (4, 4)):
+    rows = 8 // processes
+    config = make_config(**{**overrides, "data.shards": shards})
+    parts = [pipeline.eval_set(docs, tokenizer, config, slice(p * rows, (p + 1) * rows))
+             for p in range(processes)]
+    assert {(p.tokens, p.bytes) for p in parts} == {(whole.tokens, whole.bytes)}
+    for step, batch in enumerate(whole.batches):
+      for key, value in batch.items():
+        np.testing.assert_array_equal(
+            value, np.concatenate([part.batches[step][key] for part in parts]))
+  return whole
+
+
+def test_eval_scores_the_held_out_text_once_whatever_the_streams():
+  whole = check_eval_set_scores_the_text(TOKENIZER, HELD_OUT)
+  assert len(whole.batches) == 3 and not whole.batches[-1]["loss_mask"][-1].any()  # padded
+  for batch in whole.batches:
+    assert all(v.shape == (8, 32) for v in batch.values())
+  # The first data.eval_documents documents, whole.
+  first = pipeline.eval_set(HELD_OUT, TOKENIZER, make_config(**{"data.eval_documents": 2}),
+                            slice(0, 8))
+  assert first.documents == 2 and first.bytes == len(("\n".join(HELD_OUT[:2]) + "\n").encode())
+  assert len(first.batches) == 1 and first.tokens == first.bytes  # bytes + <eos>, no <bos>

@@ -5,6 +5,7 @@ import collections
 import json
 import math
 import os
+import time
 
 import ml_collections
 import numpy as np
@@ -169,6 +170,21 @@ def test_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"not prepared in .*tfds build lm_test_catalog "
                      r"--file_format=array_record"):
     sources.open_source(data_config(tmp_path, "tfds:lm_test_catalog", tfds_download=False))
+
+
+def test_a_tfds_download_without_network_fails_in_seconds_saying_what_to_do(tmp_path,
+                                                                           monkeypatch):
+  """Offline, TFDS would retry for minutes. Every request here goes to a proxy at a closed
+  local port, so the machine is offline for tiny_shakespeare whatever its network."""
+  for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    monkeypatch.setenv(name, "http://127.0.0.1:9")
+  for name in ("NO_PROXY", "no_proxy"):
+    monkeypatch.delenv(name, raising=False)
+  start = time.monotonic()
+  with pytest.raises(RuntimeError, match=r"could not be downloaded .*On a machine with network: "
+                     r".*tfds build tiny_shakespeare --file_format=array_record"):
+    sources.open_source(data_config(tmp_path, "tfds:tiny_shakespeare"))
+  assert time.monotonic() - start < 20
 
 
 class LmTestTrainOnly(tfds.core.GeneratorBasedBuilder):

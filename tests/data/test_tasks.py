@@ -77,8 +77,8 @@ def _expected(task: str, question: str) -> str:
   if task == "units":
     amount, source, target = re.fullmatch(r"(\d+) (\w+) in (\w+)\?", question).groups()
     f = fractions.Fraction
-    to_base = {"km": 1000, "m": 1, "cm": f(1, 100), "kg": 1000, "g": 1, "L": 1000, "mL": 1,
-               "week": 7 * 24 * 60, "day": 24 * 60, "h": 60, "min": 1, "s": f(1, 60)}
+    to_base = {"km": 1000, "m": 1, "cm": f(1, 100), "mm": f(1, 1000), "kg": 1000, "g": 1,
+               "L": 1000, "mL": 1, "kW": 1000, "W": 1}
     value = f(int(amount)) * to_base[source] / to_base[target]
     assert value.denominator == 1
     return str(value.numerator)

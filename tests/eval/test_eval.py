@@ -79,16 +79,23 @@ def test_exact_match_score_strips_whitespace_and_groups_by_task():
   assert result["a"]["accuracy"] == 1.0 and result["b"]["accuracy"] == 0.0
 
 
-def test_multiple_choice_items_hold_the_answer_and_distinct_distractors():
-  records = tasks.records("eval", tasks=["add", "lookup"])
+def test_multiple_choice_items_hold_the_answer_and_near_misses():
+  records = tasks.records("eval", tasks=["add", "sort", "lookup"])
   items = choice.items_from_records(records, seed=3)
   assert items == choice.items_from_records(records, seed=3)
   labels = [item["label"] for item in items]
   assert len(set(labels)) == 4  # the right answer is not always in one place
   for record, item in zip(records, items):
-    assert item["options"][item["label"]] == record["answer"]
+    answer = record["answer"]
+    assert item["options"][item["label"]] == answer
     assert len(set(item["options"])) == 4
     assert item["messages"] == record["messages"][:1]
+    distractors = [o for o in item["options"] if o != answer]
+    if record["task"] == "add":  # off by one or ten, or a digit more or less
+      assert all(abs(int(o) - int(answer)) in (1, 10) or o in (answer + "0", answer[:-1])
+                 for o in distractors), item
+    if record["task"] == "sort" and len(set(answer.split())) >= 3:  # >= 6 orders
+      assert all(sorted(o.split()) == answer.split() for o in distractors), item
 
 
 def test_multiple_choice_picks_the_most_likely_option(eval_engine):
@@ -129,7 +136,7 @@ def test_perplexity_and_bits_per_byte(eval_engine):
     logprobs = reference_logprobs(eval_engine, ids)
     nll -= logprobs[np.arange(len(ids) - 1), ids[1:]].sum()
     tokens += len(ids) - 1
-  num_bytes = sum(len(t.encode()) for t in documents)
+  num_bytes = len("\n".join(documents).encode()) + 1  # one byte per document end
   assert (result["tokens"], result["bytes"], result["documents"]) == (tokens, num_bytes, 2)
   assert result["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
   assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / num_bytes, rel=1e-5)

@@ -83,6 +83,12 @@ def test_stop_tokens_are_end_of_turn_and_eos():
     ({"max_tokens": 5, "messages": HELLO, "stream": "yes"}, "stream"),
     ({"max_tokens": 5, "messages": HELLO, "tools": []}, "not supported"),
     ({"max_tokens": 5, "messages": HELLO, "colour": 1}, "extra inputs"),
+    # Python callers can pass what JSON cannot: non-finite and oversized numbers.
+    ({"max_tokens": 5, "messages": HELLO, "top_p": float("nan")}, "top_p"),
+    ({"max_tokens": 5, "messages": HELLO, "temperature": float("nan")}, "temperature"),
+    ({"max_tokens": 5, "messages": HELLO, "temperature": float("inf")}, "temperature"),
+    ({"max_tokens": 5, "messages": HELLO, "temperature": 10**400}, "temperature"),
+    ({"max_tokens": 5, "messages": HELLO, "top_k": 2**31}, "top_k"),
 ])
 def test_malformed_requests_name_the_field(body, message):
   with pytest.raises(RequestError, match=message) as error:

@@ -164,6 +164,26 @@ def test_stream_yields_growing_prefixes_of_the_final_completion(engine, greedy_b
   assert snapshots[0][0].stop_reason is None
 
 
+def test_cancelled_rows_stop_between_chunks_and_the_others_do_not_notice(engine, greedy_batch):
+  prompts, completions = greedy_batch
+  asked = []
+
+  def cancelled():  # asked before each chunk: row 0 is cancelled from the second on
+    asked.append(len(asked))
+    return [len(asked) >= 2, False, False]
+
+  *_, final = engine.stream(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                            stop_token_ids=[], chunk_tokens=4, cancelled=cancelled)
+  assert final[0].stop_reason == "cancelled"
+  assert final[0].tokens == completions[0].tokens[:5]  # prefill's token and one chunk of 4
+  assert final[1:] == completions[1:]
+  # When every row is cancelled, decoding ends at once: no chunk runs after the prefill.
+  *_, final = engine.stream(prompts, max_new_tokens=[16, 9, 12], sampling=GREEDY,
+                            stop_token_ids=[], chunk_tokens=4, cancelled=lambda: [True] * 3)
+  assert [len(c.tokens) for c in final] == [1, 1, 1]
+  assert {c.stop_reason for c in final} == {"cancelled"}
+
+
 def test_sliding_window_engine_matches_the_full_forward_pass():
   cfg = presets.get("tiny").replace(sliding_window=4)
   from lm.data.tokenizer import ByteTokenizer  # pylint: disable=import-outside-toplevel
@@ -223,3 +243,19 @@ def test_set_params_takes_scanned_or_unrolled_parameters(engine, greedy_batch):
       assert [c.tokens for c in again] == [c.tokens for c in completions]
   finally:
     engine.set_params(unrolled)
+
+
+def test_lm_sample_starts_the_prompt_like_a_training_document(engine, workdir):
+  """`lm sample --prompt=P` continues P as training framed it: a document opens with <bos>
+  (the pipeline's Tokenize), so the greedy text is the engine's from those tokens."""
+  from lm.data.pipeline import Tokenize  # pylint: disable=import-outside-toplevel
+  text = "The fox"
+  prompt = Tokenize(engine.tokenizer)(text)["inputs"]  # <bos> text, as training reads it
+  assert prompt[0] == engine.tokenizer.bos_id
+  [expected] = engine.generate([prompt], max_new_tokens=12, sampling=GREEDY)
+  result = subprocess.run(
+      [sys.executable, "-m", "lm", "sample", f"--workdir={workdir}", f"--prompt={text}",
+       "--max_new_tokens=12", "--temperature=0"], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout == text + expected.text + "\n"

@@ -94,3 +94,35 @@ def test_filter_logits_rows_are_independent():
 def test_sampling_params_name_the_bad_field(kwargs, message):
   with pytest.raises(ValueError, match=message):
     SamplingParams(**kwargs)
+
+
+def test_top_p_one_keeps_every_token_at_low_temperature():
+  # At temperature 0.3 the float32 running sum of 50 sorted probabilities reaches 1.0 long
+  # before the last token; top_p=1 must still keep all of them.
+  logits = np.random.default_rng(3).standard_normal((1, 50)).astype(np.float32) * 2.0
+  one = jnp.ones((1,))
+  out = np.asarray(sampling.filter_logits(jnp.asarray(logits), one * 0.3,
+                                          jnp.zeros((1,), jnp.int32), one))
+  assert np.isfinite(out).all()
+  np.testing.assert_allclose(out, logits / 0.3, rtol=1e-6)  # plain temperature scaling
+
+
+def test_a_filtered_row_does_not_truncate_its_unfiltered_neighbours():
+  """Row 1 (top_k=0, top_p=1) next to row 0 (top_k=3) draws exactly what it draws alone, with
+  its support the whole vocabulary, at temperature 0.3 where float32 sums saturate."""
+  rows = 4096
+  logits = np.random.default_rng(4).standard_normal((1, 50)).astype(np.float32) * 2.0
+  batch = jnp.asarray(np.repeat(logits, 2 * rows, axis=0))  # rows alternate filtered / plain
+  keys = jax.random.split(jax.random.key(5), 2 * rows)
+  temperature = jnp.full((2 * rows,), 0.3)
+  top_k = jnp.asarray(np.tile([3, 0], rows), jnp.int32)
+  top_p = jnp.ones((2 * rows,))
+  mixed, _ = sampling.sample(keys, batch, temperature, top_k, top_p, filtered=True)
+  alone, _ = sampling.sample(keys[1::2], batch[1::2], temperature[1::2], top_k[1::2],
+                             top_p[1::2], filtered=False)
+  np.testing.assert_array_equal(np.asarray(mixed)[1::2], np.asarray(alone))
+  assert set(np.unique(np.asarray(mixed)[0::2])) <= set(np.argsort(-logits[0])[:3].tolist())
+  scaled = np.asarray(sampling.sampling_logits(batch[:2], temperature[:2], top_k[:2], top_p[:2]))
+  assert np.isfinite(scaled[0]).sum() == 3
+  assert np.isfinite(scaled[1]).all()
+  np.testing.assert_allclose(scaled[1], logits[0] / 0.3, rtol=1e-6)

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from lm.infer import scoring
 from lm.model import Decoder
 
 ROWS = [("Hello", " world"), ("a", "bcdefghijklmnop"), ("The quick brown fox", " j")]
@@ -39,3 +40,10 @@ def test_score_rejects_bad_rows(engine):
     engine.score([[]], [[3]])
   with pytest.raises(ValueError, match="model.max_seq_len"):
     engine.score([[1] * engine.config.max_seq_len], [[3]])
+
+
+def test_long_rows_of_a_large_vocabulary_come_in_smaller_batches(engine):
+  assert scoring.rows_per_batch(64, 128, 512, 1) == 64
+  assert scoring.rows_per_batch(64, 512, 49152, 1) == 8  # 8 * 512 * 49152 <= 2**28 < 16 * ...
+  assert scoring.rows_per_batch(64, 512, 49152, 16) == 16  # never below the mesh's multiple
+  assert engine.score([], []) == []

@@ -272,7 +272,7 @@ def test_cli_convert_round_trip_and_fine_tune(tmp_path):
          f"--config.init_from=hf:{source}", f"--config.data.source=text:{corpus}",
          f"--config.data.cache_dir={cache}", "--config.train.steps=2",
          "--config.train.batch_size=4", "--config.train.seq_len=32",
-         "--config.train.log_every=1", "--config.train.eval_batches=1")
+         "--config.train.log_every=1", "--config.data.eval_documents=1")
   with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
     first_loss = next(m["loss"] for m in map(json.loads, f) if m.get("step") == 1)
   with open(os.path.join(run, "config.json"), encoding="utf-8") as f:

@@ -41,6 +41,11 @@ def losses(workdir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def eval_metrics(workdir, step: int) -> dict:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    return next(r for r in map(json.loads, f) if r["step"] == step and "eval_loss" in r)
+
+
 def mesh_overrides(mesh, cache):
   # Two input streams everywhere: the batches of one and of two processes are the same.
   return {"mesh.data": mesh[0], "mesh.fsdp": mesh[1], "mesh.tensor": mesh[2],
@@ -141,6 +146,10 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path, data_cache
   for step, loss in two_process.items():
     assert loss == pytest.approx(one_process[step], rel=1e-5), step
   assert "5" in os.listdir(os.path.join(multi, "checkpoints"))
+  # Each process evaluates its rows of the same global eval batches.
+  evals = [eval_metrics(w, 5) for w in (multi, single)]
+  assert evals[0]["eval_tokens"] == evals[1]["eval_tokens"] == 10_001  # one document of 10k
+  assert evals[0]["eval_loss"] == pytest.approx(evals[1]["eval_loss"], rel=1e-5)
 
   # Resume the two-process checkpoint on this process's single device and train on.
   from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel

@@ -26,7 +26,8 @@ def make_config(overrides: dict):
   config.data.source = "synthetic:markov"
   t = config.train
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 5, 8, 32, 3e-3, 2
-  t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 1000, 5, 1
+  t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 5
+  config.data.eval_documents = 1
   for key, value in overrides.items():
     if "." not in key:  # a top-level field: stage, init_from
       config[key] = value

@@ -72,7 +72,8 @@ def pair_config(data_cache, stage: str, **overrides):
   config.data.source = "builtin:preferences"
   t = config.train
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 1, 4, 64, 1e-3, 1
-  t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 1000, 1000, 1
+  t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 1000
+  config.data.eval_documents = 8
   for key, value in overrides.items():
     section, field = key.split("__") if "__" in key else (None, key)
     if section:
@@ -162,3 +163,30 @@ def test_reward_model_starts_from_a_workdir_with_a_fresh_head_and_scores_replies
     assert batch[i] == pytest.approx(float(scores[0, -1]), abs=1e-5)
     assert rm.score(prompt, reply) == pytest.approx(batch[i], abs=1e-5)
   assert len(set(np.round(batch, 6))) == 3
+
+
+def test_padding_rows_of_the_held_out_set_weigh_nothing(data_cache):
+  """5 held-out pairs in batches of 4: the last batch has 3 empty rows, and the metrics are
+  the means over the 5 pairs, each scored alone."""
+  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  config = pair_config(data_cache, "reward", data__eval_documents=5)
+  stage = reward.Stage(config, tokenizer_lib.get("byte"))
+  model = stage.make_model(config_lib.model_config(config))
+  params = jax.tree.map(lambda x: x.value, state_lib.init_params(model, jax.random.key(1)),
+                        is_leaf=lambda x: hasattr(x, "value"))
+  apply = lambda p, tokens, **kw: model.apply({"params": p}, tokens, **kw)
+  records = preferences.records("eval")[:7]
+  eval_set = stage.eval_set(records, config, slice(0, 4))
+  assert len(eval_set.batches) == 2 and eval_set.batches[1]["weight"].tolist() == [1, 0, 0, 0]
+  totals = {}
+  for batch in eval_set.batches:
+    for name, value in stage.eval_sums(apply, params, None, batch).items():
+      totals[name] = totals.get(name, 0.0) + float(value)
+  metrics = stage.eval_metrics(totals, eval_set)
+  alone = [reward.rewards(apply, params, {k: v[None] for k, v in stage.row(r).items()})
+           for r in records[:5]]
+  losses = [float(reward.bradley_terry_loss(c, r, 0.0, 1.0)[0]) for c, r in alone]
+  assert metrics["eval_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
+  assert metrics["eval_margin"] == pytest.approx(np.mean([float((c - r)[0]) for c, r in alone]),
+                                                 abs=1e-5)

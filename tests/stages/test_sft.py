@@ -13,7 +13,7 @@ from lm import config as config_lib
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.stages import sft
-from tests.data.test_formats import role_token_expectation
+from tests.data.test_formats import LLAMA3_TEMPLATE, hf_tokenizer, role_token_expectation
 
 
 def conversation(i: int) -> dict:
@@ -128,7 +128,6 @@ def test_first_loss_of_an_imported_llama_matches_pytorch(data_cache, tmp_path):
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   from lm.data import sources  # pylint: disable=import-outside-toplevel
-  from tests.data.test_formats import LLAMA3_TEMPLATE, hf_tokenizer  # pylint: disable=import-outside-toplevel
   from tests.interop import hf_models  # pylint: disable=import-outside-toplevel
   model_dir = tmp_path / "llama"
   specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
@@ -145,7 +144,7 @@ def test_first_loss_of_an_imported_llama_matches_pytorch(data_cache, tmp_path):
   data = tmp_path / "chat.jsonl"
   data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)))
   config = sft_config(data_cache, data__source=f"jsonl:{data}", data__pack=False,
-                      train__steps=1)
+                      train__steps=1, train__seq_len=128)  # every conversation fits
   config.unlock()
   config.init_from = f"hf:{model_dir}"
   config = config_lib.lock(config)
@@ -183,3 +182,9 @@ def test_first_loss_of_an_imported_llama_matches_pytorch(data_cache, tmp_path):
   expected = float((nll * mask).sum() / mask.sum())
   assert 0 < mask.sum() < mask.numel() / 2  # user and system tokens are context only
   assert abs(first_loss - expected) <= 1e-5, (first_loss, expected)
+
+  # The template is saved with the run: chat renders with it even when the source changes.
+  (model_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+  from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
+  assert tokenizer_lib.get(resolved.data.tokenizer).chat_template != LLAMA3_TEMPLATE
+  assert Engine.from_workdir(workdir).tokenizer.chat_template == LLAMA3_TEMPLATE

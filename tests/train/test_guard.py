@@ -45,7 +45,8 @@ def stop_run(tmp_path_factory, data_cache):
   t = config.train
   t.steps, t.batch_size, t.seq_len, t.warmup_steps = 6, 8, 32, 1
   t.lr, t.checkpoint_every, t.keep_checkpoints = 1e30, 1, 10
-  t.log_every, t.eval_every, t.eval_batches = 1, 1000, 1
+  t.log_every, t.eval_every = 1, 1000
+  config.data.eval_documents = 1
   t.on_nonfinite = "stop"
   workdir = str(tmp_path_factory.mktemp("stop"))
   with pytest.raises(guard_lib.NonFiniteError) as info:

@@ -3,11 +3,29 @@
 import glob
 import json
 import os
+import shutil
+import subprocess
+import sys
+import types
 
+from etils import epath
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import config as config_lib
+from lm.data import pipeline
+from lm.data import sources
+from lm.data import tokenizer as tokenizer_lib
+from lm.model import Decoder
+from lm.stages import pretrain
 from lm.stages import train_and_evaluate
+from lm.train.loop import evaluate
+from lm.train.loop import make_eval_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def read_metrics(workdir):
@@ -29,7 +47,8 @@ def short_run(tmp_path_factory, data_cache):
   config.data.source = "synthetic:markov"
   t = config.train
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 6, 8, 32, 3e-3, 2
-  t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 3, 3, 1
+  t.log_every, t.eval_every, t.checkpoint_every = 1, 3, 3
+  config.data.eval_documents = 1
   workdir = str(tmp_path_factory.mktemp("short_run"))
   return config, workdir, train_and_evaluate(config, workdir)
 
@@ -73,32 +92,95 @@ def test_resume_continues_exactly(short_run, make_config, tmp_path):
   assert len(train_losses(workdir)) == 6
 
 
-def test_gradient_accumulation_matches_the_full_batch(short_run, make_config, tmp_path):
-  _, full_workdir, _ = short_run
-  train_and_evaluate(make_config(train__grad_accum=4, train__steps=3), str(tmp_path))
-  accumulated, full = train_losses(str(tmp_path)), train_losses(full_workdir)
-  for step in (1, 2, 3):
-    assert accumulated[step] == pytest.approx(full[step], rel=1e-5)
+def test_resume_after_a_change_of_data_order_stays_exact(make_config, tmp_path, caplog):
+  """A resume that changes the data order reshuffles once (seed + step); resuming again with
+  the same command keeps the positions: batches and losses continue as in one run from the
+  reshuffle. (A constant learning rate: the runs' step counts differ.)"""
+  stepwise, straight = str(tmp_path / "stepwise"), str(tmp_path / "straight")
+  constant = dict(train__warmup_steps=0, train__min_lr_ratio=1.0, train__checkpoint_every=2)
+  train_and_evaluate(make_config(train__steps=2, **constant), stepwise)
+  shutil.copytree(stepwise, straight)
+  reordered = dict(data__shuffle_rows=16, **constant)
+  train_and_evaluate(make_config(train__steps=4, **reordered), stepwise)
+  assert any("does not apply (changed: shuffle_rows 1024 -> 16)" in r.getMessage()
+             for r in caplog.records)
+  caplog.clear()
+  train_and_evaluate(make_config(train__steps=6, **reordered), stepwise)
+  assert not any("does not apply" in r.getMessage() for r in caplog.records)
+  train_and_evaluate(make_config(train__steps=6, **reordered), straight)
+  assert train_losses(stepwise) == train_losses(straight)
+  positions = [(epath.Path(w) / "checkpoints" / "6" / "data" / "stream_0.json").read_text()
+               for w in (stepwise, straight)]
+  assert positions[0] == positions[1] and '"seed": 2' in positions[0]
 
 
-def test_adafactor_and_z_loss(make_config, tmp_path):
-  result = train_and_evaluate(make_config(train__optimizer="adafactor", train__z_loss=1e-4),
-                              str(tmp_path))
-  losses = train_losses(str(tmp_path))
+def test_gradient_accumulation_gives_the_full_batch_gradient_on_2_devices():
+  """One SGD step (lr 1) of the train step on 2 data-parallel devices, with 1 and 4
+  micro-batches whose loss masks hold 32, 17, 2 and 0 tokens: minus the update equals the
+  gradient of the token mean over the whole batch, computed directly (tests/train/
+  accum_worker.py). A mean of micro-batch means would be off by far more than rounding."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  result = subprocess.run([sys.executable, "-m", "tests.train.accum_worker"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  errors = json.loads(result.stdout.split("RESULT ", 1)[1])
+  assert set(errors) == {"1", "4"}
+  for accum, error in errors.items():
+    assert error < 1e-5, (accum, error)  # relative to the largest gradient entry
+
+
+def test_adafactor_and_z_loss_train_and_resume_exactly(make_config, tmp_path):
+  """Adafactor's per-layer state (lm/train/optim.py) shards, saves and restores: 3 steps, then
+  a resumed run to 6, log the losses of 6 uninterrupted steps."""
+  def config(steps):
+    return make_config(train__optimizer="adafactor", train__z_loss=1e-4, train__steps=steps,
+                       train__checkpoint_every=3)
+  result = train_and_evaluate(config(6), str(tmp_path / "full"))
+  losses = train_losses(str(tmp_path / "full"))
   assert losses[6] < losses[1]
   assert result["z_loss"] > 0
+  train_and_evaluate(config(3), str(tmp_path / "resumed"))
+  train_and_evaluate(config(6), str(tmp_path / "resumed"))
+  assert train_losses(str(tmp_path / "resumed")) == losses
 
 
 def test_training_approaches_the_entropy_bound(make_config, tmp_path):
   """On a Markov source no model can beat the entropy rate; a good one gets close."""
   config = make_config(train__steps=150, train__batch_size=16, train__seq_len=64,
                        train__warmup_steps=15, train__log_every=50, train__eval_every=150,
-                       train__eval_batches=8, data__source="synthetic:markov:states=8")
+                       data__source="synthetic:markov:states=8")
   result = train_and_evaluate(config, str(tmp_path))
   bound = result["entropy_rate"]
   initial = train_losses(str(tmp_path))[50]
   assert initial > bound
   assert bound - 0.05 < result["eval_loss"] < bound + 0.05, (result["eval_loss"], bound)
+
+
+def test_eval_loss_and_tokens_are_the_same_for_1_2_and_4_shards(make_config):
+  """Every topology scores the same held-out tokens: the loss of the same parameters agrees
+  exactly, and the token count is that of the documents (<bos> text <eos>: bytes + 1)."""
+  config = make_config(data__eval_documents=2)
+  tokenizer = tokenizer_lib.get("byte")
+  documents = sources.open_source(config.data).eval
+  model = Decoder(config_lib.model_config(config))
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  stage = pretrain.Stage(config, tokenizer)
+  eval_step = jax.jit(make_eval_step(model, stage))
+  state = types.SimpleNamespace(params=params, frozen=None)
+  results = []
+  for shards in (1, 2, 4):  # one process per stream, each with its rows of every batch
+    rows = config.train.batch_size // shards
+    parts = [pipeline.eval_set(documents, tokenizer, make_config(data__eval_documents=2,
+                                                                 data__shards=shards),
+                               slice(p * rows, (p + 1) * rows)) for p in range(shards)]
+    batches = [{key: np.concatenate([part.batches[i][key] for part in parts]) for key in batch}
+               for i, batch in enumerate(parts[0].batches)]
+    results.append(evaluate(eval_step, state, batches, parts[0], stage))
+  assert results[0] == results[1] == results[2]
+  expected_tokens = sum(len(documents[i].encode()) + 1 for i in range(2))
+  assert results[0]["eval_tokens"] == expected_tokens
+  assert results[0]["eval_bits_per_byte"] == pytest.approx(results[0]["eval_loss"] / np.log(2))
 
 
 @pytest.mark.parametrize("overrides, message", [

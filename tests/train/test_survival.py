@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from lm.stages import train_and_evaluate
+from lm.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config=configs/tiny.py:synthetic", "--config.train.batch_size=8",
         "--config.train.seq_len=32", "--config.train.log_every=1",
-        "--config.train.eval_every=1000", "--config.train.eval_batches=1",
+        "--config.train.eval_every=1000", "--config.data.eval_documents=1",
         "--config.train.warmup_steps=2"]
 
 
@@ -81,6 +82,8 @@ def test_kill_9_at_a_random_step_then_rerun_gives_the_same_losses(
   wait_for_step(process, tmp_path, kill_at)
   process.kill()
   process.wait()
+  # Killed by the signal, not finished first (a run that ended would leave nothing to test).
+  assert process.returncode == -signal.SIGKILL, process.returncode
   rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert "Resuming from checkpoint at step" in rerun.stdout or kill_at < 2
@@ -193,8 +196,24 @@ def test_a_changed_model_is_refused_and_a_changed_lr_is_logged(make_config, tmp_
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["model"]["d_model"] is None  # still the checkpoint's config
 
-  train_and_evaluate(make_config(train__steps=3, train__lr=1e-3), workdir)
-  assert any("train.lr: 0.003 -> 0.001" in r.getMessage() for r in caplog.records)
+  # The same shapes, another function: refused too, naming every field, unless allowed.
+  same_shapes = dict(model__mlp="geglu", model__rope_theta=500_000.0, model__sliding_window=16,
+                     model__norm_eps=1e-6)
+  with pytest.raises(ValueError, match=r"step 2 .* another model with the same shapes "
+                     r"\(model.mlp: 'swiglu' -> 'geglu'; model.norm_eps: 1e-05 -> 1e-06; "
+                     r"model.rope_theta: 10000.0 -> 500000.0; model.sliding_window: 0 -> 16\)"
+                     r".*--config.train.allow_model_change=True"):
+    train_and_evaluate(make_config(train__steps=3, **same_shapes), workdir)
+  # Compute settings are no model change.
+  check = workdir_lib.resume_check(json.loads(make_config(model__dtype="bfloat16",
+                                                          model__remat="full").to_json()), workdir)
+  check(json.loads(make_config().to_json()), 2, True)
+
+  train_and_evaluate(make_config(train__steps=3, train__lr=1e-3, model__norm_eps=1e-6,
+                                 train__allow_model_change=True), workdir)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("train.lr: 0.003 -> 0.001" in m and "model.norm_eps: None -> 1e-06" in m
+             for m in messages)
   assert sorted(losses(workdir)) == [1, 2, 3]
 
 
