@@ -26,7 +26,7 @@ def get_config(arg: str | None = None):
   config.data.source = "builtin:preferences"
   config.dpo.loss = "sigmoid"
   config.dpo.beta = 0.1
-  config.train.steps = 200
+  config.train.steps = 150
   config.train.batch_size = 32            # pairs (64 rows per forward pass, twice: the
   config.train.seq_len = 64               # policy and the reference)
   config.train.lr = 1e-4
@@ -34,5 +34,6 @@ def get_config(arg: str | None = None):
   config.train.weight_decay = 0.0
   config.train.log_every = 10
   config.train.eval_every = 50
-  config.train.checkpoint_every = 100
+  config.train.checkpoint_every = 50
+  config.data.eval_documents = 0          # every held-out pair (300)
   return config_lib.lock(config)
