@@ -27,7 +27,7 @@ Memory per device:
 
     saved = L m S(remat) + m (12 d + s d) [+ m 5 n T under remat none]
       S(remat) is what one block keeps per token for the backward pass: the residuals
-      JAX's autodiff saves for lm/model (tests/parallel/test_plan.py checks these counts):
+      JAX's autodiff saves for lm/model (tests/test_plan.py checks these counts):
         none           s(2d + 2nH + 2kH + c f + nT) + 4(6d + nT + 2n + 4)
                        c = 8 for GeGLU, else 6; the 4(...) part is float32: norm internals,
                        attention logits and softmax statistics. When s < 4 the block's weight

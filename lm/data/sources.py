@@ -518,7 +518,7 @@ def _tfds_source(source: str, data: ml_collections.ConfigDict,
   for field, name in ([(f, "data.fields") for f in fields] if fields
                       else [(data.text_field, "data.text_field")]):
     if field not in features:
-      raise ValueError(f"{name}: {field!r} is not a feature of {source!r}; it has "
+      raise ValueError(f"{name}={field!r} is not a feature of {source!r}; it has "
                        f"{sorted(features.keys())}")
   eval_split = next((s for s in TFDS_EVAL_SPLITS if s in splits), None)
   train_split = "train"

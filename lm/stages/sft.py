@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any, Sequence
 
 from absl import logging
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -116,17 +115,13 @@ class Stage(pretrain.TokenStage):
                rows: slice) -> pipeline_lib.EvalSet:
     return pipeline_lib.example_eval_set(records, self.example, config, rows)
 
-  def eval_sums(self, apply: Any, params: Any, frozen: Any, batch: dict) -> dict:
-    """The loss sums, and the bytes of text the assistant tokens stand for."""
-    sums = super().eval_sums(apply, params, frozen, batch)
-    token_bytes = jnp.asarray(self.tokenizer.token_bytes)
-    sums["bytes"] = jnp.sum(token_bytes[batch["targets"]] * batch["loss_mask"])
-    return sums
-
   def eval_metrics(self, totals: dict[str, float], eval_set: pipeline_lib.EvalSet
                    ) -> dict[str, float]:
-    # The end-of-turn tokens stand for no text; they are paid for like the text.
-    return pretrain.token_eval_metrics(totals, totals["bytes"])
+    """Loss, perplexity and count of the held-out assistant tokens (no bits per byte: the
+    end-of-turn tokens stand for no text)."""
+    metrics = pretrain.token_eval_metrics(totals, 0)
+    del metrics["eval_bits_per_byte"]
+    return metrics
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
     return pipeline_lib.example_batch(batch_size, seq_len)

@@ -320,7 +320,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         eval_metrics = evaluate(eval_step, state, eval_data, eval_set, stage)
         writer.write(done, eval_metrics)
         progress.message(f"eval at step {done}: " + " | ".join(
-            f"{name.removeprefix('eval_')} {value:.4f}" for name, value in eval_metrics.items()))
+            f"{name.removeprefix('eval_')} {value:.6g}" for name, value in eval_metrics.items()))
         last_metrics.update(eval_metrics)
         timer_step, timer_start = done, time.perf_counter()  # keep eval out of tokens/s
 
