@@ -7,8 +7,16 @@ Command:  python -m lm train --config=configs/reward_tasks.py --workdir=runs/rew
           SFT run of configs/sft_tasks.py; the head always starts fresh)
           label noise: --config.data.source=builtin:preferences:noise=0.2
 Hardware: 2 CPU cores, no accelerator, no network.
-Runtime:  RUNTIME
-Result:   RESULT
+Runtime:  600 steps of 32 pairs x 64 tokens from scratch (0.57M parameters): 5.5 minutes
+          wall (2.4 CPU-minutes) on 2 cores shared with five other jobs.
+Result:   held-out accuracy 76.0% at step 600 (66.3% at step 100), mean margin 2.93, reward
+          mean 2.20 / std 3.09 (the run's own evaluation). Per kind of pair, over all 300
+          held-out pairs (experiments/preference/reward_accuracy.py): 76.7% in all; banned
+          word 100%, concise vs padded 98%, correct vs wrong 31%. The goal of 90% is not
+          reached: a 0.57M model trained from scratch on pairs learns the surface rules
+          (length, banned words) but not whether an answer is right, and prefers the shorter
+          reply even when it is the wrong one. Starting from an SFT model of the tasks
+          (`configs/reward_tasks.py:runs/sft_...`) is the next thing to measure.
 The pairs: for each built-in task prompt, a correct reply against a wrong one, the bare
 answer against a padded one, or a correct reply with a banned word against a clean wrong one
 (lm/data/preferences.py). Held-out pairs have held-out prompts and no label noise.
