@@ -15,8 +15,12 @@ Result:   held-out accuracy 76.0% at step 600 (66.3% at step 100), mean margin 2
           word 100%, concise vs padded 98%, correct vs wrong 31%. The goal of 90% is not
           reached: a 0.57M model trained from scratch on pairs learns the surface rules
           (length, banned words) but not whether an answer is right, and prefers the shorter
-          reply even when it is the wrong one. Starting from an SFT model of the tasks
-          (`configs/reward_tasks.py:runs/sft_...`) is the next thing to measure.
+          reply even when it is the wrong one.
+          From the SFT model of configs/dpo_tasks.py's docstring (`configs/reward_tasks.py:
+          runs/sft_tiny`; 9 minutes wall on a busier machine): held-out accuracy 85.7% at step
+          600 (73.7% at step 100), margin 3.89, reward mean 0.68 / std 3.96; banned 100%,
+          concise 95%, correct vs wrong 62% (sort 96%, count 92%, lookup 90%, units 88%,
+          add 74%, reverse 74%): knowing the tasks helps, 90% is still not reached.
 The pairs: for each built-in task prompt, a correct reply against a wrong one, the bare
 answer against a padded one, or a correct reply with a banned word against a clean wrong one
 (lm/data/preferences.py). Held-out pairs have held-out prompts and no label noise.
