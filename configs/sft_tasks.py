@@ -8,23 +8,24 @@ Command:  lm train --config=configs/quickstart.py --workdir=runs/quickstart   # 
           (`configs/sft_tasks.py:DIR` starts from the model in DIR instead of runs/quickstart)
 Hardware: 2 CPU cores, no accelerator, no network.
 Runtime:  600 steps of 32 x 128 tokens (about 2 epochs of the 30k training conversations):
-          4.6 CPU-minutes; measured 24 minutes wall on 2 cores shared with five other jobs
+          4.5 CPU-minutes; measured 18.5 minutes wall on 2 cores shared with five other jobs
           (the quickstart takes 2.3 minutes wall on 2 idle cores for 3.9 CPU-minutes, so
-          expect about 3 minutes there). `lm eval` takes 15 s (2 minutes with perplexity).
-Result:   SFT loss (per assistant token) 3.35 at step 10 -> 0.43 at step 600; held-out eval
-          loss 0.47. Held-out exact match (`lm eval`, 50 questions per task, greedy):
+          expect about 3 minutes there). `lm eval --source=` takes 6-60 s.
+Result:   SFT loss (per assistant token) 3.25 at step 10 -> 0.19 at step 600; held-out eval
+          loss 0.19 (1,346 assistant tokens). Held-out exact match (`lm eval`, 50 questions
+          per task, greedy):
 
             task      before SFT   after SFT
-            add           0%           2%
-            reverse       0%          96%
-            sort          0%          80%
-            lookup        0%           0%
-            count         0%          44%
-            units         0%          52%
-            mean          0%        45.7%
+            add           0%           8%
+            reverse       0%         100%
+            sort          0%          98%
+            lookup        0%          52%
+            count         0%          40%
+            units         0%         100%
+            mean          0%        66.3%
 
-          (multiple-choice accuracy 27.3% -> 81.0%). Measured with init_from=/tmp/qs-new, a
-          quickstart run of this repository; losses are deterministic, wall times are noisy.
+          (multiple-choice accuracy 33.0% -> 83.7%). Measured with init_from= a quickstart
+          run of this repository; losses are deterministic, wall times are noisy.
 The loss covers the assistant's tokens only (the answer and its <end_of_turn>); the user's
 question and the role tokens are context. Conversations are packed whole into rows.
 """

@@ -138,17 +138,14 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config_lib.lock(resolved)
 
 
-def load_params(init_from: str, model_config: ModelConfig, shardings: Any,
-                abstract: Any = None) -> Any:
-  """The parameters of `init_from`, each created directly in its sharding. `abstract`: their
-  shapes (unboxing them under a mesh context adds sharding constraints that need arrays)."""
+def load_params(init_from: str, model_config: ModelConfig, shardings: Any) -> Any:
+  """The parameters of `init_from`, each created directly in its sharding."""
   if init_from.startswith("hf:"):
     return hf.load_params(os.path.expanduser(init_from[3:]), model_config, shardings)
-  if abstract is None:
-    boxed = state_lib.abstract_boxed_params(Decoder(model_config))
-    # The bare shapes: under the train loop's mesh, nn.unbox would add sharding constraints.
-    abstract = jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
-                            boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  boxed = state_lib.abstract_boxed_params(Decoder(model_config))
+  # The bare shapes: under the train loop's mesh, nn.unbox would add sharding constraints.
+  abstract = jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed,
+                          is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   params = checkpoint_lib.restore_params(_workdir(init_from), abstract, shardings)
   if params is None:
     raise FileNotFoundError(f"init_from={init_from!r} holds no checkpoint and no params/")

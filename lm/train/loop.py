@@ -156,8 +156,7 @@ class Setup:
   tx: optax.GradientTransformation
   abstract_state: state_lib.TrainState
   shardings: state_lib.TrainState
-  model_params: Any                    # the model's whole parameter tree, abstract
-  model_shardings: Any                 # and its shardings, before the stage splits them
+  model_shardings: Any                 # the whole model's, before the stage splits it
   data_sharding: NamedSharding
   rows: slice                          # this process's rows of each global batch
   config_json: dict                    # saved in every checkpoint
@@ -189,13 +188,13 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
                                check=getattr(stage, "check_record", None))
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
-  model_params, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
+  _, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
   workdir_lib.prepare(workdir, state_lib.count_bytes(abstract_state))  # local or gs://
   data_sharding = rules_lib.batch_sharding(mesh)
   return Setup(config=config, stage=stage, tokenizer=tokenizer, model_config=model_config,
                model=model, mesh=mesh, rules=rules, source=source, tx=tx,
                abstract_state=abstract_state, shardings=shardings,
-               model_params=model_params, model_shardings=model_shardings,
+               model_shardings=model_shardings,
                data_sharding=data_sharding,
                rows=rules_lib.process_rows(data_sharding, t.batch_size),
                config_json=json.loads(config.to_json_best_effort()))
@@ -208,11 +207,11 @@ def load_init_from(setup: Setup) -> Any:
   config, key = setup.config, getattr(setup.stage, "pretrained_key", None)
   if key is None:
     return init_from_lib.load_params(config.init_from, setup.model_config,
-                                     setup.model_shardings, setup.model_params)
+                                     setup.model_shardings)
   fresh = jax.jit(lambda k: nn.unbox(state_lib.init_params(setup.model, k)),
                   out_shardings=setup.model_shardings)(jax.random.key(config.seed))
   loaded = init_from_lib.load_params(config.init_from, setup.model_config,
-                                     setup.model_shardings[key], setup.model_params[key])
+                                     setup.model_shardings[key])
   return {**fresh, key: loaded}
 
 

@@ -370,7 +370,7 @@ def test_fetch_is_cached_and_checks_sha256(smollm2, tmp_path, monkeypatch):
 def test_training_starts_from_the_import(tiny, make_config, tmp_path):
   """--config.init_from=WORKDIR inside the train loop's mesh: after one step at a learning
   rate of 1e-30 the checkpoint holds the imported parameters."""
-  from lm.train.loop import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
   config = make_config(train__steps=1, train__lr=1e-30, train__warmup_steps=0,
                        train__checkpoint_every=1, train__batch_size=2, train__seq_len=16)
   with config.unlocked():
