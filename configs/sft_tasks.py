@@ -46,6 +46,5 @@ def get_config(arg: str | None = None):
   config.train.warmup_steps = 20
   config.train.log_every = 10
   config.train.eval_every = 100
-  config.train.eval_batches = 4
   config.train.checkpoint_every = 100
   return config_lib.lock(config)

@@ -6,7 +6,8 @@
   lm serve  --workdir=runs/quickstart [--host=127.0.0.1 --port=8000 --api_key=...]
             the Messages API: POST /v1/messages (streaming too), GET /health
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
-            step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice)
+            step time, fits in HBM? (--accelerator=v5p --num_devices=32 is the same slice;
+            --num_slices=4 --config.mesh.dcn_data=4: four of them, and the DCN bound)
   lm convert --from_hf=DIR --workdir=OUT     a Hugging Face model -> an lm workdir
   lm convert --from_gguf=FILE --workdir=OUT  a GGUF (llama.cpp) file -> an lm workdir
   lm convert --workdir=IN --to_hf=DIR        an lm workdir -> a Hugging Face model
@@ -67,6 +68,8 @@ flags.DEFINE_string("accelerator", None, "plan: v4, v5e, v5p, v6e, h100 or h200,
                     "such as v5p-64 (TensorCores on v4/v5p: 32 chips); default: the local devices.")
 flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: the slice size "
                      "or the local device count.")
+flags.DEFINE_integer("num_slices", 1, "plan: slices of --accelerator joined by the data-center "
+                     "network (Multislice; the config's mesh.dcn_data * mesh.dcn_fsdp).")
 flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's memory "
                   "analysis when the target is the local devices.")
 flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
@@ -188,7 +191,8 @@ def plan(argv) -> None:
   _require("config")
   from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
   result = plan_lib.plan(FLAGS.config, FLAGS.accelerator, FLAGS.num_devices,
-                         compile_step=None if FLAGS.compile else False)
+                         compile_step=None if FLAGS.compile else False,
+                         num_slices=FLAGS.num_slices)
   print(plan_lib.format_plan(result))
 
 

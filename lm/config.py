@@ -12,6 +12,7 @@ from ml_collections import config_dict
 
 from lm.model import ModelConfig, presets
 from lm.model.config import model_config_fields
+from lm.train import profile as profile_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -83,6 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.allow_model_change = False
   config.train.peak_flops = 0.0           # per device, for MFU; 0: the device kind's table
                                           # entry (a CPU: its matmul rate, measured)
+  config.train.profile_steps = ""         # "10:15": JAX profiler trace of steps 10-14 in
+                                          # workdir/profile (lm/train/profile.py); "": none
 
   # stage="dpo" (lm/stages/dpo.py): the reference is the starting model (init_from), frozen.
   config.dpo = ml_collections.ConfigDict()
@@ -98,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1                   # -1: every device not used by the other axes
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  # Across slices (Multislice: slices joined by the data-center network, DCN): dcn_data *
+  # dcn_fsdp = the number of slices; each multiplies its axis above, which then lays out one
+  # slice (lm/parallel/mesh.py). On CPU and GPU a process counts as a slice.
+  config.mesh.dcn_data = 1
+  config.mesh.dcn_fsdp = 1
   config.mesh.rules = ""                  # overrides of lm/parallel/rules.py, "kv_heads=,..."
   return config
 
@@ -127,6 +135,9 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
   """Fails before anything compiles, naming each config field that cannot work."""
   t = config.train
   num_data_shards = mesh_shape["data"] * mesh_shape["fsdp"]
+  batch_axes = "mesh.data * mesh.fsdp"
+  if config.mesh.get("dcn_data", 1) * config.mesh.get("dcn_fsdp", 1) > 1:
+    batch_axes = "mesh.dcn_data * mesh.data * mesh.dcn_fsdp * mesh.fsdp"
   errors = []
   for name in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "eval_every",
                "checkpoint_every", "keep_checkpoints"):
@@ -137,7 +148,7 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
                   f"train.grad_accum={t.grad_accum}")
   elif t.grad_accum > 0 and (t.batch_size // t.grad_accum) % num_data_shards:
     errors.append(f"train.batch_size={t.batch_size} / train.grad_accum={t.grad_accum} must be "
-                  f"divisible by mesh.data * mesh.fsdp = {num_data_shards}")
+                  f"divisible by {batch_axes} = {num_data_shards}")
   if model.num_heads % mesh_shape["tensor"]:
     errors.append(f"model.num_heads={model.num_heads} is not divisible by "
                   f"mesh.tensor={mesh_shape['tensor']}")
@@ -169,5 +180,9 @@ def validate(config: ml_collections.ConfigDict, model: ModelConfig, tokenizer_vo
     errors.append(f"train.spike_sigma={t.spike_sigma} must be >= 0 (0 turns the guard off)")
   if t.spike_window <= 0:
     errors.append(f"train.spike_window={t.spike_window} must be positive")
+  try:
+    profile_lib.parse_steps(t.profile_steps)
+  except ValueError as e:
+    errors.append(str(e))
   if errors:
     raise ValueError("Invalid config: " + "; ".join(errors))

@@ -36,22 +36,39 @@ Memory per device:
         dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
         full           s d                              (only the block's input)
       12 d + s d is the final norm's; the bracket is the causal mask [B, N, T, T] (bool and
-      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear at all
-      because the XLA path of `jax.nn.dot_product_attention` materialises them; a fused
-      kernel would not.
+      float32), hoisted out of the layer loop. Attention scores [B, N, T, T] appear because
+      the XLA path of `jax.nn.dot_product_attention` materialises them. With a fused kernel
+      (model.attention resolving to splash or cudnn on the target) every nT term above is
+      dropped, a float32 log-sum-exp per head (4 n) is kept under remat none and dots, and
+      there is no mask.
     one block's backward = m S(none) + the block's weights gathered over the batch axes
       (data, fsdp) in the compute dtype: its intermediates (recomputed under remat) or their
       gradients, and the FSDP all-gather.
-    the output layer's backward = 8 m v + (s + 4) V D / ways(vocab, embed without batch
+    the output layer's backward = 8 m' v + (s + 4) V D / ways(vocab, embed without batch
       axes): float32 logits kept for the loss gradient and that gradient; the output
       projection gathered in the compute dtype and its full float32 gradient before the
-      reduce-scatter.
+      reduce-scatter. m' = m, or with model.loss_chunk = C the tokens of one chunk,
+      m C / T (lm/model/output.py).
 
   Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
   (the CPU backend computes bfloat16 in float32, so bfloat16 cannot be checked there):
   within 10% over remat none/full/dots/dots_no_batch, fsdp, data and tensor meshes,
   grad_accum, Adafactor and logits-heavy shapes; 20% high for a logits-heavy model with tied
-  embeddings, where XLA reduces partial logits instead of gathering the table.
+  embeddings, where XLA reduces partial logits instead of gathering the table; up to 25%
+  high with the chunked loss on a logits-heavy model, whose saving it gets within 2%.
+  Splash and cuDNN cannot be compiled here (the CPU runs splash in interpret mode), so the
+  fused-kernel terms are not checked against XLA.
+
+Across slices (`--num_slices`, `mesh.dcn_data` x `mesh.dcn_fsdp`), what crosses the
+data-center network is a separate bound: per host, ring collectives over n slices move
+(n - 1) / n of their bytes each way (an all-reduce twice that), and each of a slice's H hosts
+carries 1/H of them. With G the float32 gradient bytes of the trainable parameters:
+  dcn_data = a   the gradient all-reduce, 2 (a - 1) / a x G / (f H)
+  dcn_fsdp = f   the weight all-gathers in the compute dtype (as many as the HBM bound reads
+                 the gathered weights, each micro-batch) and the gradient reduce-scatter,
+                 (f - 1) / f x (reads x grad_accum x G s / 4 + G) / H
+divided by the table's DCN bandwidth per host. XLA may overlap it with compute; it bounds
+the step from below only when it exceeds the compute time.
 
 Time per step: FLOPs = lm.train.state.flops_per_token x batch_size x seq_len; at 100% MFU
 the step takes FLOPs / (peak x chips); 40% MFU is a realistic target for a tuned run. The
@@ -76,6 +93,7 @@ from lm import config as config_lib
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import ModelConfig
+from lm.model.attention import attention_kernel
 from lm.parallel import mesh as mesh_lib
 from lm.parallel.accelerators import ACCELERATORS, GiB, Accelerator, local_accelerator
 from lm.parallel import rules as rules_lib
@@ -87,14 +105,18 @@ from lm.train.stage import Stage
 REALISTIC_MFU = 0.4
 
 
-def resolve_target(accelerator: str | None = None,
-                   num_devices: int | None = None) -> tuple[Accelerator, int, bool]:
+def resolve_target(accelerator: str | None = None, num_devices: int | None = None,
+                   num_slices: int = 1) -> tuple[Accelerator, int, bool]:
   """(accelerator, chips, is_local) from `v5p`, a slice name `v5p-64` (= 32 chips), or None.
 
   None means the local devices; a bare name without --num_devices takes the local count.
+  A slice name counts one slice: the chips are its chips x `num_slices`; --num_devices
+  counts every chip.
   """
   if num_devices is not None and num_devices <= 0:
     raise ValueError(f"--num_devices={num_devices} must be positive")
+  if num_slices <= 0:
+    raise ValueError(f"--num_slices={num_slices} must be positive")
   if accelerator is None:
     acc, count = local_accelerator(), None
   else:
@@ -111,11 +133,15 @@ def resolve_target(accelerator: str | None = None,
         raise ValueError(f"--accelerator={accelerator!r}: the size must be a positive multiple "
                          f"of {per_chip}" + (f" ({name} slices count TensorCores, {per_chip} "
                                              "per chip)" if per_chip > 1 else ""))
-      count = int(suffix) // per_chip
+      count = int(suffix) // per_chip * num_slices
   if num_devices is not None and count is not None and num_devices != count:
     raise ValueError(f"--num_devices={num_devices} contradicts --accelerator={accelerator!r} "
-                     f"({count} chips); give one of them")
+                     f"({count} chips" + (f" in {num_slices} slices" if num_slices > 1 else "")
+                     + "); give one of them")
   count = count or num_devices or jax.device_count()
+  if count % num_slices:
+    raise ValueError(f"--num_slices={num_slices} does not divide the {count} devices into "
+                     "slices of equal size")
   try:
     local = local_accelerator()
   except ValueError:
@@ -173,6 +199,10 @@ class Plan:
   notes: tuple[str, ...] = ()
   frozen: float = 0.0         # the stage's frozen parameters (outside the optimizer)
   num_frozen: int = 0
+  num_slices: int = 1
+  hosts_per_slice: int = 1
+  dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
+  attention: str = "xla"      # the attention kernel model.attention resolves to on the target
 
   @property
   def total(self) -> float:
@@ -191,6 +221,24 @@ class Plan:
   @property
   def hbm_seconds(self) -> float:
     return self.hbm_traffic / self.accelerator.hbm_bandwidth
+
+  @property
+  def dcn_seconds(self) -> float:
+    """The DCN traffic's time per step (NaN where the table has no bandwidth)."""
+    return self.dcn_traffic / self.accelerator.dcn_bandwidth if self.dcn_traffic else 0.0
+
+
+def dcn_bytes_per_host(gradient_bytes: float, dcn_data: int, dcn_fsdp: int,
+                       hosts_per_slice: int, weight_gathers: int, compute_itemsize: int) -> float:
+  """Bytes each host sends over the DCN per step (the formula in the module docstring).
+
+  `gradient_bytes`: the float32 gradients of the trainable parameters, whole;
+  `weight_gathers`: all-gathers of the weights per step (reads x grad_accum).
+  """
+  a, f, h = dcn_data, dcn_fsdp, hosts_per_slice
+  all_reduce = 2 * (a - 1) / a * gradient_bytes / f
+  fsdp = (f - 1) / f * (weight_gathers * gradient_bytes * compute_itemsize / 4 + gradient_bytes)
+  return (all_reduce + fsdp) / h
 
 
 def _axes(entry) -> tuple[str, ...]:
@@ -214,14 +262,18 @@ def _per_device_bytes(abstract: Any, shardings: Any, mesh: dict[str, int]) -> fl
 
 
 def saved_per_token(model: ModelConfig, remat: str, d: int, n: int, k: int, f: int,
-                    seq_len: int) -> float:
+                    seq_len: int, fused: bool = False) -> float:
   """Bytes one block keeps per token for the backward pass (the formula in the docstring).
 
-  Weight-shaped residuals (compute-dtype casts under remat none) are not included.
+  Weight-shaped residuals (compute-dtype casts under remat none) are not included. `fused`:
+  a splash or cuDNN kernel, which keeps a float32 log-sum-exp per head instead of scores.
   """
   s = model.compute_dtype.itemsize
   h = model.resolved_head_dim
   gated = 1 if model.mlp == "gelu" else 2
+  if fused:  # no [N, T] scores per query token: a float32 log-sum-exp per head, counted once
+    return saved_per_token(model, remat, d, n, k, f, 0) + (4 * n if remat in ("none", "dots")
+                                                            else 0)
   scores = n * seq_len  # [N, T] per query token
   if remat == "full":
     return s * d
@@ -256,12 +308,13 @@ def _block_bytes(abstract_params: Any, shardings: Any, mesh: dict[str, int], num
 def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
                      rules: rules_lib.Rules, mesh: dict[str, int],
                      model_axes: dict[str, int], block_matrices: float,
-                     block_gathered: float) -> Activations:
+                     block_gathered: float, kernel: str = "xla") -> Activations:
   """Activation bytes per device (the formula in the module docstring).
 
   `model_axes`: the mesh with the batch axes set to 1 (weights gathered for a matmul);
   `block_matrices`: one block's weight matrices per device, float32; `block_gathered`:
-  one block's parameters per device once gathered over the batch axes, float32.
+  one block's parameters per device once gathered over the batch axes, float32; `kernel`:
+  the attention kernel on the target (`attention_kernel`).
   """
   s = model.compute_dtype.itemsize
   d = -(-model.d_model // _ways("act_embed", rules, mesh))
@@ -270,30 +323,35 @@ def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
   f = -(-model.d_ff // _ways("act_mlp", rules, mesh))
   v = -(-model.vocab_size // _ways("act_vocab", rules, mesh))
   tokens = micro_batch * seq_len
-  per_block = tokens * saved_per_token(model, model.remat, d, n, k, f, seq_len)
+  fused = kernel in ("splash", "cudnn")
+  per_block = tokens * saved_per_token(model, model.remat, d, n, k, f, seq_len, fused)
   if model.remat == "none" and s < 4:
     per_block += block_matrices * s / 4
   saved = model.num_layers * per_block + tokens * (12 * d + s * d)
-  if model.remat == "none":
+  if model.remat == "none" and not fused:
     saved += tokens * 5 * n * seq_len  # the causal mask, bool and float32
   output_weights = (-(-model.vocab_size // _ways("vocab", rules, model_axes))
                     * -(-model.d_model // _ways("embed", rules, model_axes)))
+  logit_tokens = micro_batch * min(model.loss_chunk or seq_len, seq_len)  # one chunk's
   return Activations(
       saved=saved,
-      block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len)
+      block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len, fused)
                       + block_gathered * s / 4),
-      output_backward=tokens * v * 8 + output_weights * (s + 4))
+      output_backward=logit_tokens * v * 8 + output_weights * (s + 4))
 
 
 def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
-         num_devices: int | None = None, compile_step: bool | None = None) -> Plan:
-  """The analytic plan of `config` on `accelerator` x `num_devices` (default: local devices).
+         num_devices: int | None = None, compile_step: bool | None = None,
+         num_slices: int = 1) -> Plan:
+  """The analytic plan of `config` on `accelerator` x `num_devices` (default: local devices),
+  in `num_slices` slices (laid out by `mesh.dcn_data` x `mesh.dcn_fsdp`).
 
   `compile_step`: also compile the training step and read XLA's memory analysis; None
   does so where the target is the local devices, which is the only place it can.
   """
-  acc, count, is_local = resolve_target(accelerator, num_devices)
-  sizes = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, count)))
+  acc, count, is_local = resolve_target(accelerator, num_devices, num_slices)
+  is_local = is_local and num_slices == 1
+  sizes = dict(zip(mesh_lib.AXES, mesh_lib.mesh_shape(config.mesh, count, num_slices)))
   model_config = config_lib.model_config(config)
   t = config.train
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
@@ -325,14 +383,21 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   block_gathered = _block_bytes(all_params, all_shardings, model_axes, num_layers)
   block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
+  kernel = attention_kernel(model_config, t.seq_len, acc.platform)
   activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
-                                 model_axes, block_matrices, block_gathered)
+                                 model_axes, block_matrices, block_gathered, kernel)
 
   s = model_config.compute_dtype.itemsize
   weight_reads = 3 if model_config.remat != "none" else 2
   hbm_traffic = (t.grad_accum * ((weight_reads + 1) * block_gathered * model_config.num_layers
                                  * s / 4 + 2 * activations.saved)
                  + 2 * params + gradients + 2 * opt_state)
+
+  dcn_data, dcn_fsdp, _ = mesh_lib.dcn_shape(config.mesh, num_slices)
+  hosts_per_slice = max(1, count // num_slices // acc.chips_per_host)
+  dcn_traffic = dcn_bytes_per_host(
+      _per_device_bytes(abstract.params, shardings.params, {a: 1 for a in sizes}),
+      dcn_data, dcn_fsdp, hosts_per_slice, weight_reads * t.grad_accum, s)
 
   compiled = None
   if compile_step or (compile_step is None and is_local and not notes):
@@ -345,7 +410,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               optimizer_state=opt_state, activations=activations,
               flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
               * t.batch_size * t.seq_len,
-              hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes))
+              hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
+              num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
+              attention=kernel)
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -381,6 +448,10 @@ def _seconds(x: float) -> str:
   return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _bytes(x: float) -> str:
+  return f"{x / GiB:.2f} GiB" if x >= GiB / 10 else f"{x / 2 ** 20:.1f} MiB"
+
+
 def format_plan(p: Plan) -> str:
   """The plan as a small table and a few lines, for the terminal."""
   m, c, a = p.model, p.compiled, p.activations
@@ -391,6 +462,9 @@ def format_plan(p: Plan) -> str:
            p.gradients, None),
           (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
+  kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
+             + (f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
+                if m.loss_chunk else "logits whole (model.loss_chunk=0)"))
   if c:
     rows += [("  parameters + optimizer state", p.params + p.frozen + p.optimizer_state,
               (c.argument, "XLA arguments: state + batch")),
@@ -398,17 +472,19 @@ def format_plan(p: Plan) -> str:
   rows.append(("total", p.total, (c.total, "arguments + outputs - aliased + temporaries")
                if c else None))
   mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
+  where = (f"{p.num_devices} x {p.accelerator.name}" if p.num_slices == 1 else
+           f"{p.num_slices} slices x {p.num_devices // p.num_slices} x {p.accelerator.name}")
   header = f"{'per device':34s}{'analytic ' + unit:>14s}"
   if c:
     header += f"{'compiled ' + unit:>14s}  (XLA on {c.device_kind})"
   lines = [
       f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters"
       + (f" (+{p.num_frozen / 1e9:.3f}B frozen)" if p.num_frozen else "") + ", on "
-      f"{p.num_devices} x {p.accelerator.name} (mesh {mesh})",
+      f"{where} (mesh {mesh})",
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
       f"{p.batch_size} / grad_accum {p.grad_accum} / data*fsdp "
       f"{p.mesh['data'] * p.mesh['fsdp']})",
-      "", header]
+      kernels, "", header]
   for name, analytic, compiled in rows:
     line = f"{name:34s}{analytic / scale:14.3f}"
     if compiled:
@@ -431,5 +507,16 @@ def format_plan(p: Plan) -> str:
       f"{_seconds(p.compute_seconds / REALISTIC_MFU)} at {REALISTIC_MFU:.0%} MFU; "
       f"HBM traffic bound {_seconds(p.hbm_seconds)}{bound}",
   ]
+  if p.num_slices > 1:
+    gbps = p.accelerator.dcn_bandwidth / 1e9
+    bandwidth = "unknown" if math.isnan(gbps) else f"{gbps:.0f} GB/s"
+    step = p.compute_seconds / REALISTIC_MFU
+    verdict = ("" if math.isnan(p.dcn_seconds) else
+               f"; {p.dcn_seconds / step:.0%} of the {REALISTIC_MFU:.0%}-MFU step"
+               + (" (DCN-bound)" if p.dcn_seconds > step else ""))
+    lines.append(
+        f"DCN bound: {_seconds(p.dcn_seconds)} per step across {p.num_slices} slices: "
+        f"{_bytes(p.dcn_traffic)} sent per host ({p.hosts_per_slice} "
+        f"host{'s' if p.hosts_per_slice > 1 else ''} per slice, {bandwidth} each){verdict}")
   lines += [f"note: {note}" for note in p.notes]
   return "\n".join(lines)

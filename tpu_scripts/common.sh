@@ -11,6 +11,7 @@ NAME=""
 ZONE=""
 PROJECT=""
 WORKER="all"
+NUM_SLICES=1
 OPT_SHIFT=1
 LOCATION=()
 
@@ -20,10 +21,13 @@ REMOTE_REPO=${LM_TPU_REPO:-lm}         # the checkout of this repository
 REMOTE_VENV=${LM_TPU_VENV:-lm_venv}    # the virtual environment with `lm` and jax[tpu]
 REMOTE_LOGS=${LM_TPU_LOGS:-lm_logs}    # <run>.log: stdout and stderr of `lm train`
 
-# `pgrep -f` / `pkill -f` pattern of a training process: the venv's python running the `lm`
-# entry point. Anchored at the start of the command line so that it never matches the remote
-# shell that runs pgrep itself (whose command line contains this pattern as text).
-TRAIN_PATTERN="^[^ ]*python[^ ]* [^ ]*/${REMOTE_VENV}/bin/lm train( |\$)"
+# The remote step that sets $pat, the `pgrep -f` / `pkill -f` pattern of a training process:
+# the python of this user's venv (under the worker's $HOME) running its `lm` entry point.
+# Anchored at the start of the command line so that it never matches the remote shell that
+# runs pgrep itself (whose command line contains this pattern as text); the home directory
+# keeps apart the jobs of two users, or of two slices' stand-ins on one test machine.
+# shellcheck disable=SC2016  # $HOME is for the worker's shell to expand
+TRAIN_PATTERN_STEP='pat="^[^ ]*python[^ ]* $HOME/'"$REMOTE_VENV"'/bin/lm train( |\$)"'
 
 die() {
   printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
@@ -100,12 +104,17 @@ opt() {
   fi
 }
 
-# Options every script takes: --name, --zone, --project, --dry-run, --help. Anything else is
-# an error that names it.
+# Options every script takes: --name, --zone, --project, --num-slices, --dry-run, --help.
+# Anything else is an error that names it.
 common_opt() {
   OPT_SHIFT=1
   case $1 in
     --name | --name=*) opt NAME "$@" ;;
+    --num-slices | --num-slices=*)
+      opt NUM_SLICES "$@"
+      [[ $NUM_SLICES =~ ^[1-9][0-9]*$ ]] ||
+        die "--num-slices=$NUM_SLICES: expected the number of slices, 1 or more"
+      ;;
     --zone | --zone=*) opt ZONE "$@" ;;
     --project | --project=*) opt PROJECT "$@" ;;
     --dry-run) DRY_RUN=1 ;;
@@ -153,8 +162,51 @@ location_args() {
   fi
 }
 
-# ssh_workers COMMAND: run one shell command line on the chosen --worker(s) of the TPU VM.
-ssh_workers() {
+# slice_name INDEX: the TPU VM of slice INDEX. One slice is --name itself; with --num-slices=N
+# they are NAME-0 ... NAME-(N-1), as `create.sh --num-slices=N` (a queued resource with
+# --node-count=N --node-prefix=NAME) names them.
+slice_name() {
+  if ((NUM_SLICES == 1)); then
+    printf '%s' "$NAME"
+  else
+    printf '%s-%s' "$NAME" "$1"
+  fi
+}
+
+# on_slices FUNCTION: `FUNCTION INDEX` for every slice, all at once (a multislice job's
+# runtime waits for every slice), one after the other under --dry-run so that the printed
+# commands come in order. Fails with the last failure's status when any of them failed.
+on_slices() {
+  local fn=$1 i pid status=0 pids=()
+  if ((NUM_SLICES == 1 || DRY_RUN)); then
+    for ((i = 0; i < NUM_SLICES; i++)); do
+      "$fn" "$i" || status=$?
+    done
+    return "$status"
+  fi
+  for ((i = 0; i < NUM_SLICES; i++)); do
+    "$fn" "$i" &
+    pids+=("$!")
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" || status=$?
+  done
+  return "$status"
+}
+
+# ssh_slice INDEX COMMAND: run one shell command line on the chosen --worker(s) of a slice.
+ssh_slice() {
   location_args
-  run gcloud compute tpus tpu-vm ssh "$NAME" "${LOCATION[@]}" --worker="$WORKER" --command="$1"
+  run gcloud compute tpus tpu-vm ssh "$(slice_name "$1")" "${LOCATION[@]}" --worker="$WORKER" \
+    --command="$2"
+}
+
+# ssh_workers COMMAND: the same command line on the chosen --worker(s) of every slice.
+ssh_workers() {
+  SSH_COMMAND=$1
+  on_slices ssh_same
+}
+
+ssh_same() {
+  ssh_slice "$1" "$SSH_COMMAND"
 }

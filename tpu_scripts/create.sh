@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create a Cloud TPU VM or pod slice: on demand, as spot capacity, or through a queued resource.
+# Create a Cloud TPU VM or pod slice: on demand, as spot capacity, or through a queued resource;
+# with --num-slices=N, N slices for one Multislice job (a queued resource of N nodes).
 #
 # Usage: create.sh --name=NAME --zone=ZONE --accelerator-type=TYPE [options] [-- GCLOUD_ARGS...]
 #
@@ -12,6 +13,10 @@
 #   --spot                    spot capacity: cheaper, can be preempted at any time
 #   --queued                  `gcloud compute tpus queued-resources create`: waits in a queue
 #                             until the capacity exists (state WAITING_FOR_RESOURCES -> ACTIVE)
+#   --num-slices=N            N slices of --accelerator-type joined by the data-center network
+#                             (Multislice), named NAME-0 ... NAME-(N-1): a queued resource
+#                             with --node-count=N (implies --queued); the other scripts take
+#                             the same --name and --num-slices
 #   --reserved                use your reservation
 #   --valid-until-duration=D  with --queued: give up if not provisioned within D (e.g. 6h)
 #   --dry-run                 print the gcloud command, run nothing
@@ -21,6 +26,7 @@
 # Examples:
 #   create.sh --name=lm-v5p-32 --zone=us-east5-a --accelerator-type=v5p-32 --queued --spot
 #   create.sh --name=lm-v4-8 --zone=us-central2-b --accelerator-type=v4-8
+#   create.sh --name=lm-ms --zone=us-east5-a --accelerator-type=v5p-256 --num-slices=4
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -56,6 +62,7 @@ require_tpu
 require ACCELERATOR --accelerator-type "e.g. --accelerator-type=v5p-32"
 [[ $ACCELERATOR =~ ^v[0-9]+[a-z]*-[0-9]+$ ]] ||
   die "--accelerator-type=$ACCELERATOR: expected GENERATION-SIZE, e.g. v4-8, v5p-32, v5litepod-16, v6e-8"
+if ((NUM_SLICES > 1)); then QUEUED=1; fi  # Multislice is provisioned through queued resources
 [[ -z $VALID_UNTIL || $QUEUED == 1 ]] || die "--valid-until-duration needs --queued"
 
 # The runtime image for a generation. v2/v3/v4 count TensorCores in the type, as does v5p
@@ -91,7 +98,12 @@ if [[ -z $VERSION ]]; then
 fi
 
 location_args
-if ((QUEUED)); then
+if ((NUM_SLICES > 1)); then  # its nodes are NAME-0 ... NAME-(N-1)
+  cmd=(gcloud compute tpus queued-resources create "$NAME" --node-count="$NUM_SLICES"
+    --node-prefix="$NAME" "${LOCATION[@]}" --accelerator-type="$ACCELERATOR"
+    --runtime-version="$VERSION")
+  if [[ -n $VALID_UNTIL ]]; then cmd+=(--valid-until-duration="$VALID_UNTIL"); fi
+elif ((QUEUED)); then
   cmd=(gcloud compute tpus queued-resources create "$NAME" --node-id="$NAME" "${LOCATION[@]}"
     --accelerator-type="$ACCELERATOR" --runtime-version="$VERSION")
   if [[ -n $VALID_UNTIL ]]; then cmd+=(--valid-until-duration="$VALID_UNTIL"); fi
@@ -104,7 +116,10 @@ if ((RESERVED)); then cmd+=(--reserved); fi
 cmd+=("${EXTRA[@]}")
 
 slice=$(describe_slice "$ACCELERATOR")
-if [[ -n $slice ]]; then note "$slice"; fi
+if [[ -n $slice ]]; then
+  if ((NUM_SLICES > 1)); then slice="$NUM_SLICES slices $(slice_name 0) ... $(slice_name $((NUM_SLICES - 1))), each $slice"; fi
+  note "$slice"
+fi
 run "${cmd[@]}"
 
 if ((QUEUED)); then

@@ -8,6 +8,8 @@
 #   --zone=ZONE         its zone                                                      required
 #   --queued            delete the queued resource made by `create.sh --queued` (with --force,
 #                       which deletes its TPU VM too); works while it still waits in the queue
+#   --num-slices=N      the slices NAME-0 ... NAME-(N-1); with --queued (as create.sh made
+#                       them) the one queued resource NAME goes, and its slices with it
 #   --yes               do not ask for confirmation (gcloud --quiet)
 #   --async             return without waiting for the deletion to finish
 #   --project=PROJECT   default: gcloud's configured project
@@ -37,11 +39,13 @@ done
 require_tpu
 
 location_args
+flags=()
+if ((ASYNC)); then flags+=(--async); fi
+if ((YES)); then flags+=(--quiet); fi
 if ((QUEUED)); then
-  cmd=(gcloud compute tpus queued-resources delete "$NAME" "${LOCATION[@]}" --force)
+  run gcloud compute tpus queued-resources delete "$NAME" "${LOCATION[@]}" --force "${flags[@]}"
 else
-  cmd=(gcloud compute tpus tpu-vm delete "$NAME" "${LOCATION[@]}")
+  for ((i = 0; i < NUM_SLICES; i++)); do
+    run gcloud compute tpus tpu-vm delete "$(slice_name "$i")" "${LOCATION[@]}" "${flags[@]}"
+  done
 fi
-if ((ASYNC)); then cmd+=(--async); fi
-if ((YES)); then cmd+=(--quiet); fi
-run "${cmd[@]}"

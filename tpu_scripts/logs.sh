@@ -10,6 +10,9 @@
 #                       default: the newest log on each worker
 #   --worker=W          0 (default), another index, a list (0,2), a range (1-3) or all; with
 #                       more than one worker each line starts with [hostname]
+#   --num-slices=N      the slices NAME-0 ... NAME-(N-1) (create.sh --num-slices)
+#   --slice=S           with --num-slices: the slice to read, 0 (default), another index or
+#                       all (all at once, each line starting with [slice hostname])
 #   --lines=N           show the last N lines first (default 100)
 #   --no-follow         print the last lines and return
 #   --project=PROJECT   default: gcloud's configured project
@@ -23,6 +26,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 WORKER=0
+SLICE=0
 RUN=""
 LINES=100
 FOLLOW=1
@@ -32,6 +36,7 @@ while (($#)); do
     --worker | --worker=*) worker_opt "$@" ;;
     --run | --run=*) opt RUN "$@" ;;
     --lines | --lines=*) opt LINES "$@" ;;
+    --slice | --slice=*) opt SLICE "$@" ;;
     --no-follow) FOLLOW=0 OPT_SHIFT=1 ;;
     *) common_opt "$@" ;;
   esac
@@ -41,6 +46,8 @@ done
 require_tpu
 [[ -z $RUN ]] || check_word --run "$RUN"
 [[ $LINES =~ ^[0-9]+$ ]] || die "--lines=$LINES: expected a number"
+[[ $SLICE == all || ($SLICE =~ ^[0-9]+$ && SLICE -lt NUM_SLICES) ]] ||
+  die "--slice=$SLICE: expected all or a slice index below --num-slices=$NUM_SLICES"
 
 if [[ -n $RUN ]]; then
   find_log="f=~/$REMOTE_LOGS/$RUN.log"
@@ -49,14 +56,25 @@ else
 fi
 tail=(tail -n "$LINES")
 if ((FOLLOW)); then tail+=(-F); fi
-show="${tail[*]} \"\$f\""
-if [[ ! $WORKER =~ ^[0-9]+$ ]]; then
-  show="$show | sed -u \"s/^/[\$(hostname)] /\""
+# The log of slice $1's workers, each line prefixed where several hosts or slices speak.
+logs_slice() {
+  local show="${tail[*]} \"\$f\"" remote
+  if [[ $SLICE == all ]]; then
+    show="$show | sed -u \"s/^/[$(slice_name "$1") \$(hostname)] /\""
+  elif [[ ! $WORKER =~ ^[0-9]+$ ]]; then
+    show="$show | sed -u \"s/^/[\$(hostname)] /\""
+  fi
+  local steps=(
+    "$find_log"
+    "if [ -z \"\$f\" ] || [ ! -e \"\$f\" ]; then echo \"\$(hostname): no log ${RUN:+$RUN.log }in ~/$REMOTE_LOGS\" >&2; exit 1; fi"
+    "$show"
+  )
+  remote=$(printf ' && %s' "${steps[@]}")
+  ssh_slice "$1" "${remote# && }"
+}
+
+if [[ $SLICE == all ]]; then
+  on_slices logs_slice
+else
+  logs_slice "$SLICE"
 fi
-steps=(
-  "$find_log"
-  "if [ -z \"\$f\" ] || [ ! -e \"\$f\" ]; then echo \"\$(hostname): no log ${RUN:+$RUN.log }in ~/$REMOTE_LOGS\" >&2; exit 1; fi"
-  "$show"
-)
-remote=$(printf ' && %s' "${steps[@]}")
-ssh_workers "${remote# && }"

@@ -8,6 +8,7 @@
 #   --zone=ZONE         its zone                                                      required
 #   --project=PROJECT   default: gcloud's configured project
 #   --worker=W          all (default), one index, a list (0,2) or a range (1-3)
+#   --num-slices=N      every worker of the slices NAME-0 ... NAME-(N-1) (create.sh --num-slices)
 #   --repo=URL          git clone URL on every worker (and fetch on reruns) instead of copying
 #                       this checkout; the workers need read access to it
 #   --ref=REF           with --repo: branch, tag or commit to check out (default: the remote's HEAD)
@@ -79,14 +80,25 @@ remote=$(printf ' && %s' "${steps[@]}")
 remote=${remote# && }
 
 location_args
+tarball="${TMPDIR:-/tmp}/lm-src-$NAME.tar.gz"
+
+# One slice: the copy (unless --repo), then the install on its workers.
+# shellcheck disable=SC2329  # called through on_slices
+set_up_slice() {
+  if [[ -z $REPO_URL ]]; then
+    run gcloud compute tpus tpu-vm scp "$tarball" "$(slice_name "$1"):lm-src.tar.gz" \
+      "${LOCATION[@]}" --worker="$WORKER"
+  fi
+  ssh_slice "$1" "$remote"
+}
+
 if [[ -z $REPO_URL ]]; then
   if [[ -n $(git -C "$REPO_ROOT" status --porcelain --untracked-files=no) ]]; then
     warn "uncommitted changes in $REPO_ROOT are not copied (git archive HEAD); commit them first"
   fi
-  tarball="${TMPDIR:-/tmp}/lm-src-$NAME.tar.gz"
   run git -C "$REPO_ROOT" archive --format=tar.gz --output="$tarball" HEAD
-  run gcloud compute tpus tpu-vm scp "$tarball" "$NAME:lm-src.tar.gz" "${LOCATION[@]}" \
-    --worker="$WORKER"
-  run rm -f "$tarball"
 fi
-ssh_workers "$remote"
+status=0
+on_slices set_up_slice || status=$?
+if [[ -z $REPO_URL ]]; then run rm -f "$tarball"; fi
+exit "$status"

@@ -9,6 +9,7 @@
 #   --zone=ZONE         its zone                                                      required
 #   --project=PROJECT   default: gcloud's configured project
 #   --worker=W          all (default), one index, a list (0,2) or a range (1-3)
+#   --num-slices=N      every slice NAME-0 ... NAME-(N-1) at once (create.sh --num-slices)
 #   --grace=SECONDS     how long to wait after SIGTERM before SIGKILL (default 120)
 #   --no-kill           send SIGTERM only and return at once
 #   --dry-run           print the gcloud command, run nothing
@@ -41,7 +42,7 @@ require_tpu
 [[ $GRACE =~ ^[0-9]+$ ]] || die "--grace=$GRACE: expected a number of seconds"
 
 steps=(
-  "pat=$(quote "$TRAIN_PATTERN")"
+  "$TRAIN_PATTERN_STEP"
   "if ! pgrep -f \"\$pat\" > /dev/null; then echo \"\$(hostname): no lm train running\"; exit 0; fi"
   "pkill -TERM -f \"\$pat\""
   "echo \"\$(hostname): sent SIGTERM to lm train\""

@@ -4,8 +4,12 @@ masks, and the key/value cache for decoding.
 Letters: B batch, T query length, S key length (cache slots), D model dim, N query heads,
 K kv heads, H head dim, L layers.
 
-The score/softmax/value product goes through `jax.nn.dot_product_attention`, which takes
-GQA directly (N a multiple of K) and on GPU dispatches to the cuDNN fused kernel.
+The score/softmax/value product goes through one of three kernels (`model.attention`,
+resolved by `attention_kernel`): "xla", `jax.nn.dot_product_attention`'s XLA path, which
+materialises the [B, N, T, T] scores (float32); "cudnn", the same call with
+implementation="cudnn" (NVIDIA's fused flash attention); "splash", the TPU Pallas kernel
+(lm/model/splash.py). All take GQA directly (N a multiple of K). Decoding always uses "xla":
+one query per row leaves nothing to fuse, and the cache mask is arbitrary.
 
 Decoding keeps the keys and values of past tokens in a `KVCache`, one [B, K, S, H] array
 per layer. Time t (the t-th token fed to the model, the same for every row: prompts are
@@ -26,6 +30,21 @@ from flax import struct
 
 from lm.model.config import ModelConfig
 from lm.model.layers import param, token_matmul, weight_init
+from lm.model.splash import BLOCK as SPLASH_BLOCK
+from lm.model.splash import splash_attention
+
+
+def attention_kernel(config: ModelConfig, seq_len: int, backend: str | None = None) -> str:
+  """The kernel "auto" means here: splash on TPU (rows a multiple of its block), cuDNN on
+  GPU in a 16-bit compute dtype (its only ones), else XLA. Explicit choices are kept."""
+  if config.attention != "auto":
+    return config.attention
+  backend = backend or jax.default_backend()
+  if backend == "tpu" and seq_len % SPLASH_BLOCK == 0:
+    return "splash"
+  if backend in ("gpu", "cuda") and config.dtype in ("bfloat16", "float16"):
+    return "cudnn"
+  return "xla"
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
@@ -172,7 +191,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, sin: jax.Array | None, cos: jax.Array | None,
                mask: jax.Array | None, cache: tuple | None = None):
-    """x: [B, T, D]; mask: None (plain causal) or boolean [B, 1, T, T].
+    """x: [B, T, D]; mask: None (plain causal) or boolean [B, 1, T, T]; with the splash
+    kernel, None or the segment ids [B, T] (it builds its masks itself).
 
     Decoding: cache = (keys, values, index), this layer's cached [B, K, S, H] arrays and the
     time of x's first token; mask comes from `cache_mask`. Returns (y, (keys, values)) with
@@ -216,9 +236,14 @@ class Attention(nn.Module):
         value = jnp.concatenate([old_value.astype(dt), value], axis=1)
       new_cache = (keys, values)
 
-    window = (cfg.sliding_window - 1, 0) if cfg.sliding_window and mask is None else None
-    out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=mask is None,
-                                       local_window_size=window)  # [B, T, N, H]
+    kernel = "xla" if cache is not None else attention_kernel(cfg, x.shape[1])
+    if kernel == "splash":
+      out = splash_attention(query, key, value, mask, cfg.sliding_window)  # [B, T, N, H]
+    else:
+      window = (cfg.sliding_window - 1, 0) if cfg.sliding_window and mask is None else None
+      out = jax.nn.dot_product_attention(
+          query, key, value, mask=mask, is_causal=mask is None, local_window_size=window,
+          implementation="cudnn" if kernel == "cudnn" else None)  # [B, T, N, H]
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", None))
 
     w_out = param(self, "out", (n, h, d), ("heads", "head_dim", "embed"),

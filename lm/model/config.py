@@ -14,6 +14,11 @@ PositionKind = Literal["rope", "learned"]
 RopeScaling = Literal["none", "llama3"]
 DType = Literal["float32", "bfloat16", "float16"]
 RematPolicy = Literal["none", "full", "dots", "dots_no_batch"]
+AttentionKind = Literal["auto", "xla", "cudnn", "splash"]
+
+
+ZERO_MEANS = {"head_dim": "d_model // num_heads", "sliding_window": "no window",
+              "loss_chunk": "logits of the whole row at once"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +53,13 @@ class ModelConfig:
   dtype: DType = "float32"           # compute dtype; parameters are always float32
   scan_layers: bool = True           # nn.scan over blocks: one compiled block, stacked params
   remat: RematPolicy = "none"        # what a block keeps for the backward pass
+  # Attention kernel for training and scoring (decoding always uses "xla"): "splash" (TPU
+  # Pallas), "cudnn" (NVIDIA fused), "xla" (materialises the [B, N, T, T] scores); "auto"
+  # picks splash on TPU, cudnn on GPU in bfloat16/float16, else xla (lm/model/attention.py).
+  attention: AttentionKind = "auto"
+  # Output layer and cross-entropy in chunks of this many positions of each row, recomputed
+  # in the backward pass, so the [B, T, V] logits never exist at once; 0: all at once.
+  loss_chunk: int = 0
   init_std: float = 0.02             # normal init of weight matrices and embeddings
 
   def __post_init__(self):
@@ -65,10 +77,10 @@ class ModelConfig:
     if self.positions == "rope" and self.resolved_head_dim % 2:
       errors.append(f"model.head_dim={self.resolved_head_dim} (d_model / num_heads when 0) must "
                     "be even for RoPE; change it or use model.positions='learned'")
-    for name in ("head_dim", "sliding_window"):
+    for name in ("head_dim", "sliding_window", "loss_chunk"):
       if getattr(self, name) < 0:
         errors.append(f"model.{name}={getattr(self, name)} must be >= 0 (0: "
-                      f"{'d_model // num_heads' if name == 'head_dim' else 'no window'})")
+                      f"{ZERO_MEANS[name]})")
     if self.rope_scaling == "llama3" and self.rope_low_freq_factor >= self.rope_high_freq_factor:
       errors.append(f"model.rope_low_freq_factor={self.rope_low_freq_factor} must be below "
                     f"model.rope_high_freq_factor={self.rope_high_freq_factor}")
@@ -77,7 +89,7 @@ class ModelConfig:
         errors.append(f"model.{name}={getattr(self, name)} must be positive")
     for name, kinds in (("norm", NormKind), ("mlp", MlpKind), ("positions", PositionKind),
                         ("rope_scaling", RopeScaling), ("dtype", DType),
-                        ("remat", RematPolicy)):
+                        ("remat", RematPolicy), ("attention", AttentionKind)):
       allowed = kinds.__args__
       if getattr(self, name) not in allowed:
         errors.append(f"model.{name}={getattr(self, name)!r} is not one of {allowed}")

@@ -8,6 +8,10 @@ published ones (tests/model/test_presets.py checks them with jax.eval_shape).
 from lm.model.config import ModelConfig
 
 _LLAMA = dict(norm="rmsnorm", mlp="swiglu", positions="rope", tie_embeddings=False)
+# 7B and up train on accelerators: bfloat16 compute (parameters and optimizer state stay
+# float32; norms, softmax and the loss run in float32), remat "full" and the chunked loss
+# (what lets llama3-8b at seq 8192 fit a v5p chip: README "Long context").
+_BIG = dict(_LLAMA, dtype="bfloat16", remat="full", loss_chunk=512)
 
 PRESETS: dict[str, ModelConfig] = {
     # For tests: compiles in seconds.
@@ -21,19 +25,19 @@ PRESETS: dict[str, ModelConfig] = {
                              mlp="gelu", positions="learned", use_bias=True, tie_embeddings=True),
     "llama2-7b": ModelConfig(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
                              num_kv_heads=32, d_ff=11008, max_seq_len=4096, norm_eps=1e-5,
-                             **_LLAMA),
+                             **_BIG),
     "llama3-8b": ModelConfig(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
                              num_kv_heads=8, d_ff=14336, max_seq_len=8192, rope_theta=500_000.0,
-                             **_LLAMA),
+                             **_BIG),
     "llama3.1-8b": ModelConfig(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32,
                                num_kv_heads=8, d_ff=14336, max_seq_len=131072,
-                               rope_theta=500_000.0, rope_scaling="llama3", **_LLAMA),
+                               rope_theta=500_000.0, rope_scaling="llama3", **_BIG),
     "llama3-70b": ModelConfig(vocab_size=128256, d_model=8192, num_layers=80, num_heads=64,
                               num_kv_heads=8, d_ff=28672, max_seq_len=8192,
-                              rope_theta=500_000.0, **_LLAMA),
+                              rope_theta=500_000.0, **_BIG),
     "mistral-7b": ModelConfig(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32,
                               num_kv_heads=8, d_ff=14336, max_seq_len=32768,
-                              sliding_window=4096, **_LLAMA),
+                              sliding_window=4096, **_BIG),
     "qwen2-0.5b": ModelConfig(vocab_size=151936, d_model=896, num_layers=24, num_heads=14,
                               num_kv_heads=2, d_ff=4864, max_seq_len=32768, norm_eps=1e-6,
                               rope_theta=1_000_000.0, attention_bias=True,

@@ -18,10 +18,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_mask, cache_mask,
-                                cache_positions, rope_angles)
+from lm.model.attention import (CACHE_AXES, Attention, KVCache, attention_kernel,
+                                attention_mask, cache_mask, cache_positions, rope_angles)
 from lm.model.config import ModelConfig
-from lm.model.layers import Embed, Mlp, Norm, param, token_matmul, weight_init
+from lm.model.layers import Embed, Mlp, Norm, param, weight_init
+from lm.model.output import chunked_cross_entropy, cross_entropy, output_logits
 
 ACTIVATION_AXES = ("act_batch", "act_len", "act_embed")
 
@@ -58,12 +59,17 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, cache: KVCache | None = None,
-               last_only: bool = False, hidden: bool = False):
+               last_only: bool = False, targets: jax.Array | None = None,
+               hidden: bool = False):
     """Logits [B, T, V] (float32); with a cache, (logits, new_cache). `last_only` keeps the
-    logits of the last position alone ([B, 1, V]), all a prefill needs. `hidden` returns the
-    final-norm outputs [B, T, D] instead, a head's input (lm/model/heads.py); the output
+    logits of the last position alone ([B, 1, V]), all a prefill needs. With `targets`
+    [B, T]: (nll, log Z), each [B, T] float32, the token log-probs a loss needs, computed
+    `model.loss_chunk` positions at a time when set (lm/model/output.py). `hidden` returns
+    the final-norm outputs [B, T, D] instead, a head's input (lm/model/heads.py); the output
     projection is still declared, so the parameter tree stays the language model's."""
     cfg = self.config
+    if targets is not None and (cache is not None or last_only):
+      raise ValueError("targets are for training and scoring whole rows, not decoding")
     if cache is not None and segment_ids is not None:
       raise ValueError("segment_ids are for packed training rows; decoding with a cache "
                        "masks each row by its cache.start")
@@ -80,7 +86,12 @@ class Decoder(nn.Module):
       sin = cos = None
     else:
       sin, cos = rope_angles(cfg, positions)  # [B, T, H/2]
-    mask = None if segment_ids is None else attention_mask(segment_ids, cfg.sliding_window)
+    if cache is None and attention_kernel(cfg, tokens.shape[-1]) == "splash":
+      mask = segment_ids  # [B, T] or None: the kernel builds its own masks
+    elif segment_ids is not None:
+      mask = attention_mask(segment_ids, cfg.sliding_window)  # [B, 1, T, T]
+    else:
+      mask = None
     if cache is not None:
       mask = cache_mask(cfg, cache, tokens.shape[-1])  # [B, 1, T, S]
 
@@ -122,11 +133,13 @@ class Decoder(nn.Module):
               weight_init(cfg))
       return nn.with_logical_constraint(x, ACTIVATION_AXES)  # [B, T, D]
     if cfg.tie_embeddings:
-      logits = embed.attend(x)
+      w = embed.table.astype(x.dtype).T  # [D, V]
     else:
       w = param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                weight_init(cfg))
-      logits = token_matmul(x, w.astype(x.dtype))  # [B, T, V]
-    logits = nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
-    logits = logits.astype(jnp.float32)  # [B, T, V]
+                weight_init(cfg)).astype(x.dtype)  # [D, V]
+    if targets is not None and cfg.loss_chunk:
+      return chunked_cross_entropy(x, w, targets, cfg.loss_chunk)  # [B, T] each
+    logits = output_logits(x, w)  # [B, T, V] float32
+    if targets is not None:
+      return cross_entropy(logits, targets)
     return logits if cache is None else (logits, cache)

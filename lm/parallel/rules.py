@@ -99,7 +99,9 @@ def process_rows(sharding: NamedSharding, batch_size: int) -> slice:
   """The rows of a [batch, ...] global array that this process's devices hold.
 
   With the batch split across processes this is a contiguous block; where processes
-  replicate the batch axis, each loads every row it needs and no more.
+  replicate the batch axis, each loads every row it needs and no more. Across slices the
+  DCN part of each batch axis is the major one (lm/parallel/mesh.py), so a slice holds one
+  block of rows and reads only its share.
   """
   indices = sharding.addressable_devices_indices_map((batch_size,)).values()
   starts = [index[0].start or 0 for index in indices]
@@ -107,7 +109,8 @@ def process_rows(sharding: NamedSharding, batch_size: int) -> slice:
   start, stop = min(starts), max(stops)
   if sum(b - a for a, b in set(zip(starts, stops))) != stop - start:
     raise ValueError(f"This process's devices hold non-contiguous rows of the batch "
-                     f"({sorted(set(zip(starts, stops)))}); reorder the mesh (mesh.data/fsdp)")
+                     f"({sorted(set(zip(starts, stops)))}); reorder the mesh (mesh.data/fsdp; "
+                     "across slices, mesh.dcn_fsdp > 1 needs mesh.data = 1)")
   return slice(start, stop)
 
 

@@ -90,9 +90,10 @@ class Stage(pairs.PairStage):
   def _logps(self, apply: Callable, params: Any, batch: pairs.Batch
              ) -> tuple[jax.Array, jax.Array]:
     """(chosen, rejected) log-probs [B] of the replies under `params`: one forward pass."""
-    logits = apply(params, pairs.both_sides(batch, "inputs"))               # [2B, T, V]
+    nll, _ = apply(params, pairs.both_sides(batch, "inputs"),
+                   targets=pairs.both_sides(batch, "targets"))              # [2B, T]
     mask = pairs.both_sides(batch, "loss_mask")                             # [2B, T]
-    logps = pairs.reply_logps(logits, pairs.both_sides(batch, "targets"), mask)
+    logps = pairs.reply_logps(nll, mask)
     if self.loss_type == "ipo":
       logps = logps / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
     return jnp.split(logps, 2)

@@ -30,15 +30,14 @@ import numpy as np
 
 from lm.data import formats
 from lm.data import pipeline as pipeline_lib
-from lm.stages import pretrain
 
 SIDES = ("chosen", "rejected")
 Batch = dict[str, jax.Array]
 
 
-def reply_logps(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> jax.Array:
-  """Summed log-probability of each row's reply tokens [B] (padding and prompt masked)."""
-  nll, _ = pretrain.token_cross_entropy(logits, targets)             # [B, T]
+def reply_logps(nll: jax.Array, loss_mask: jax.Array) -> jax.Array:
+  """Summed log-probability [B] of each row's reply tokens from the per-token negative
+  log-likelihoods [B, T] (padding and prompt masked)."""
   return -jnp.sum(nll * loss_mask.astype(jnp.float32), axis=-1)
 
 

@@ -19,21 +19,13 @@ from lm.model import Decoder, ModelConfig
 Batch = dict[str, jax.Array]
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Negative log-likelihood [B, T] of each target and log Z [B, T], in float32."""
-  logits = logits.astype(jnp.float32)                        # [B, T, V]
-  log_z = jax.nn.logsumexp(logits, axis=-1)                  # [B, T]
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  return log_z - target_logit, log_z
-
-
 def loss_fn(apply: Callable, params, batch: Batch, z_loss: float = 0.0
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(summed masked nll + z_loss * summed log(Z)^2, sums): `weight` is the number of tokens
-  the mask covers, `loss` the summed nll, `z_loss` the summed log(Z)^2."""
-  logits = apply(params, batch["inputs"], positions=batch.get("positions"),
-                 segment_ids=batch.get("segment_ids"))  # [B, T, V]
-  nll, log_z = token_cross_entropy(logits, batch["targets"])
+  the mask covers, `loss` the summed nll, `z_loss` the summed log(Z)^2. The model computes
+  the per-token nll and log Z itself, in chunks when `model.loss_chunk` is set."""
+  nll, log_z = apply(params, batch["inputs"], positions=batch.get("positions"),
+                     segment_ids=batch.get("segment_ids"), targets=batch["targets"])  # [B, T]
   mask = batch["loss_mask"].astype(jnp.float32)
   nll_sum = jnp.sum(nll * mask)
   z_sum = jnp.sum(jnp.square(log_z) * mask)

@@ -40,6 +40,7 @@ from lm.train import guard as guard_lib
 from lm.train import metrics as metrics_lib
 from lm.train import optim
 from lm.train import preemption
+from lm.train import profile as profile_lib
 from lm.train import state as state_lib
 from lm.train import workdir as workdir_lib
 from lm.train.stage import Stage, StageType
@@ -275,11 +276,14 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   last_metrics: dict[str, Any] = {"step": start_step}
   timer_step, timer_start = start_step, time.perf_counter()
   log_step = start_step
+  profiler = profile_lib.Profiler(t.profile_steps, workdir)
 
   with preemption.StopRequest() as stop_request:
     for step in range(start_step, t.steps):
       batch = setup.to_global(next(train_data))
+      profiler.before_step(step)
       state, step_metrics = train_step(state, batch)
+      profiler.after_step(step, (state, step_metrics))
       state = stage.between_steps(state, step + 1)
       done = step + 1
       stop = stop_request.should_stop(done)  # SIGTERM / SIGINT: save this step and return
@@ -336,6 +340,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         last_metrics["stopped_early"] = True
         break
 
+  profiler.close()
   progress.close()
   writer.close()
   if setup.source.entropy_rate is not None:

@@ -46,7 +46,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 # Model fields that change how the model is computed, not what it computes.
-COMPUTE_FIELDS = ("dtype", "remat", "scan_layers", "max_seq_len", "init_std")
+COMPUTE_FIELDS = ("dtype", "remat", "scan_layers", "max_seq_len", "init_std", "attention",
+                  "loss_chunk")
 
 
 def _model_changes(saved: dict, current: dict) -> list[str]:

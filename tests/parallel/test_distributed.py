@@ -127,38 +127,47 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path, data_cache):
-  """2 processes x 2 devices == 1 process x 4 devices; the checkpoint then resumes on 1."""
-  mesh = mesh_overrides((2, 2, 1), data_cache)
+def test_two_slices_match_one_process_and_resume_on_one_bitwise(tmp_path, data_cache):
+  """2 processes x 2 devices as 2 slices (mesh.dcn_data=2: DCN x ICI through
+  create_hybrid_device_mesh) == 1 process x 4 devices on the same (data 2, fsdp 2) layout and
+  data.shards; the 2-slice checkpoint then restores on 1 process bit for bit and trains on."""
+  two_slices = {**mesh_overrides((1, 2, 1), data_cache), "mesh.dcn_data": 2}
+  one_process = mesh_overrides((2, 2, 1), data_cache)
   multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
   address = f"127.0.0.1:{free_port()}"
   workers = [start_worker({"distributed": [address, 2, i],
-                           "runs": [{"workdir": multi, "overrides": mesh}]}, devices=2)
+                           "runs": [{"workdir": multi, "overrides": two_slices}],
+                           "digest": {"workdir": multi, "overrides": two_slices}}, devices=2)
              for i in range(2)]
   # The reference stops at 5 and resumes to 7 too: the schedule depends on train.steps.
-  reference = start_worker({"runs": [{"workdir": single, "overrides": mesh},
-                                     {"workdir": single, "overrides": {**mesh, "train.steps": 7}}]},
+  reference = start_worker({"runs": [{"workdir": single, "overrides": one_process},
+                                     {"workdir": single,
+                                      "overrides": {**one_process, "train.steps": 7}}]},
                            devices=4)
-  for process in workers + [reference]:
-    finish(process)
-  two_process, one_process = losses(multi), losses(single)
+  outputs = [finish(process) for process in workers + [reference]]
+  assert "'data': 2, 'fsdp': 2" in outputs[0]  # the mesh line: 2 slices x (1, 2)
+  two_process, reference_losses = losses(multi), losses(single)
   assert sorted(two_process) == [1, 2, 3, 4, 5]
   for step, loss in two_process.items():
-    assert loss == pytest.approx(one_process[step], rel=1e-5), step
+    assert loss == pytest.approx(reference_losses[step], rel=1e-5), step
   assert "5" in os.listdir(os.path.join(multi, "checkpoints"))
   # Each process evaluates its rows of the same global eval batches.
   evals = [eval_metrics(w, 5) for w in (multi, single)]
   assert evals[0]["eval_tokens"] == evals[1]["eval_tokens"] == 10_001  # one document of 10k
   assert evals[0]["eval_loss"] == pytest.approx(evals[1]["eval_loss"], rel=1e-5)
 
-  # Resume the two-process checkpoint on this process's single device and train on.
+  # The parameters the two slices restore (gathered) are those one device restores.
+  saved = outputs[0].split("DIGEST ", 1)[1].split()[0]
+  single_device = mesh_overrides((1, 1, 1), data_cache)
+  assert worker.params_digest(multi, single_device) == saved
+
+  # Resume the two-slice checkpoint on this process's single device and train on.
   from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
-  train_and_evaluate(worker.make_config({**mesh_overrides((1, 1, 1), data_cache),
-                                         "train.steps": 7}), multi)
+  train_and_evaluate(worker.make_config({**single_device, "train.steps": 7}), multi)
   resumed = losses(multi)
   assert sorted(resumed) == [1, 2, 3, 4, 5, 6, 7]
   for step in (6, 7):
-    assert resumed[step] == pytest.approx(one_process[step], rel=1e-5), step
+    assert resumed[step] == pytest.approx(reference_losses[step], rel=1e-5), step
 
 
 def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path, data_cache):

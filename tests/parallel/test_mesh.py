@@ -35,6 +35,37 @@ def test_bad_meshes_name_the_fields(sizes, devices, message):
     mesh_lib.mesh_shape(mesh_config(*sizes), devices)
 
 
+@pytest.mark.parametrize("config, devices, slices, shape", [
+    (dict(data=1, fsdp=-1, tensor=1, dcn_data=4), 512, 4, (4, 128, 1)),
+    (dict(data=2, fsdp=-1, tensor=2, dcn_data=2, dcn_fsdp=2), 64, 4, (4, 8, 2)),
+    (dict(data=-1, fsdp=1, tensor=1), 8, 1, (8, 1, 1))])  # no dcn_* keys: one slice
+def test_dcn_axes_multiply_data_and_fsdp(config, devices, slices, shape):
+  assert mesh_lib.mesh_shape(config, devices, slices) == shape
+
+
+@pytest.mark.parametrize("config, devices, slices, message", [
+    (dict(data=-1, fsdp=1, tensor=1, dcn_data=2), 8, 1,
+     "mesh.dcn_data * mesh.dcn_fsdp = 2 but there is 1 slice"),
+    (dict(data=-1, fsdp=1, tensor=1), 8, 2,
+     "mesh.dcn_data * mesh.dcn_fsdp = 1 but there are 2 slices"),
+    (dict(data=-1, fsdp=1, tensor=1, dcn_fsdp=0), 8, 1, "mesh.dcn_fsdp=0"),
+    (dict(data=1, fsdp=8, tensor=1, dcn_data=2), 8, 2,
+     "mesh.data * mesh.fsdp * mesh.tensor = 8 but there are 4 devices in each of 2 slices"),
+])
+def test_bad_dcn_meshes_name_the_fields(config, devices, slices, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    mesh_lib.mesh_shape(config, devices, slices)
+
+
+def test_one_process_is_one_slice():
+  config = config_lib.base_config().mesh
+  assert mesh_lib.make_mesh(config).shape == {"data": 1, "fsdp": 1, "tensor": 1}
+  config.dcn_data = 2  # a process counts as a slice off TPU; this test has one
+  with pytest.raises(ValueError, match=re.escape(
+      "mesh.dcn_data * mesh.dcn_fsdp = 2 but there is 1 slice")):
+    mesh_lib.make_mesh(config)
+
+
 def test_rule_overrides_replace_single_entries():
   rules = dict(rules_lib.make_rules("kv_heads=, vocab=fsdp+tensor,embed=data"))
   assert rules["kv_heads"] is None
@@ -89,9 +120,13 @@ def test_divisible_layouts_pass(tiny_params):
     (dict(batch_size=16, grad_accum=4), dict(data=2, fsdp=4, tensor=1),
      "train.batch_size=16 / train.grad_accum=4 must be divisible by mesh.data * mesh.fsdp = 8"),
     (dict(), dict(data=1, fsdp=1, tensor=8), "model.num_heads=4 is not divisible by mesh.tensor=8"),
+    (dict(batch_size=12, dcn_data=2), dict(data=8, fsdp=1, tensor=1),
+     "must be divisible by mesh.dcn_data * mesh.data * mesh.dcn_fsdp * mesh.fsdp = 8"),
 ])
 def test_batch_and_heads_against_the_mesh(changes, shape, message):
   config = config_lib.base_config()
+  if "dcn_data" in changes:
+    config.mesh.dcn_data = changes.pop("dcn_data")
   config.train.update(changes)
   with pytest.raises(ValueError, match=re.escape(message)):
     config_lib.validate(config, presets.get("tiny"), 263, shape)

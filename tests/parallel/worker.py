@@ -3,18 +3,24 @@
   python worker.py '{"runs": [{"workdir": ..., "overrides": {"mesh.fsdp": 8}}], ...}'
 
 Optional keys: "distributed": [coordinator_address, num_processes, process_id] joins a
-multi-host job first; "shards": a mesh whose state layout is printed as JSON instead.
+multi-host job first; "shards": a mesh whose state layout is printed as JSON instead;
+"digest": {"workdir": ..., "overrides": ...} prints a hash of the parameters of that
+workdir's newest checkpoint, restored on this job's mesh (after the runs).
 """
 
+import hashlib
 import json
 import sys
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from lm import config as config_lib
 from lm.parallel import mesh as mesh_lib
 from lm.parallel import rules as rules_lib
 from lm.model import Decoder
+from lm.train import checkpoint as checkpoint_lib
 from lm.train import optim
 from lm.train import state as state_lib
 from lm.stages import train_and_evaluate
@@ -54,6 +60,20 @@ def shard_layout(overrides: dict) -> dict:
   return layout
 
 
+def params_digest(workdir: str, overrides: dict) -> str:
+  """sha256 of every parameter's bytes (tree order) in `workdir`'s newest checkpoint, restored
+  sharded on the mesh of `overrides` and gathered whole from every process."""
+  config = make_config(overrides)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  abstract, shardings = state_lib.abstract_params_and_shardings(
+      Decoder(config_lib.model_config(config)), mesh, rules_lib.DEFAULT_RULES)
+  params = checkpoint_lib.restore_params(workdir, abstract, shardings)
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.asarray(multihost_utils.process_allgather(leaf, tiled=True)).tobytes())
+  return digest.hexdigest()
+
+
 def main(spec: dict) -> None:
   if "distributed" in spec:
     mesh_lib.initialize_distributed(*spec["distributed"])
@@ -61,6 +81,8 @@ def main(spec: dict) -> None:
     print("LAYOUT " + json.dumps(shard_layout(spec["shards"])))
   for run in spec.get("runs", []):
     train_and_evaluate(make_config(run["overrides"]), run["workdir"])
+  if "digest" in spec:
+    print("DIGEST " + params_digest(spec["digest"]["workdir"], spec["digest"]["overrides"]))
 
 
 if __name__ == "__main__":

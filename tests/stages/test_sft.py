@@ -31,7 +31,7 @@ def sft_config(data_cache, **overrides):
   config.data.cache_dir = data_cache
   t = config.train
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 2, 4, 64, 1e-3, 1
-  t.log_every, t.eval_every, t.checkpoint_every, t.eval_batches = 1, 1000, 1000, 1
+  t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 1000
   for key, value in overrides.items():
     section, field = key.split("__")
     config[section][field] = value

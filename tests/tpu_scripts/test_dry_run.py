@@ -29,6 +29,10 @@ open(os.environ["FAKE_GCLOUD_MARKER"], "a").close()
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as f:
   f.write(json.dumps(args) + "\\n")
 home = os.environ.get("FAKE_WORKER_HOME")
+if args[:4] == ["compute", "tpus", "tpu-vm", "describe"]:
+  print(os.environ.get("FAKE_TPU_IP", "10.128.0.2"))
+if home and len(args) > 4 and os.path.isdir(os.path.join(home, args[4])):  # a home per slice
+  home = os.path.join(home, args[4])
 if home and args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
   command = next(a[len("--command="):] for a in args if a.startswith("--command="))
   env = dict(os.environ, HOME=home)
@@ -44,8 +48,9 @@ FAKE_LM = """\
 #!{python}
 import json, os, signal, sys, time
 home = os.environ["HOME"]
+megascale = {{k: v for k, v in os.environ.items() if k.startswith("MEGASCALE_")}}
 with open(os.path.join(home, "lm_started.json"), "w") as f:
-  json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid()}}, f)
+  json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid(), "env": megascale}}, f)
 mode = os.environ.get("FAKE_LM_MODE", "")
 if mode == "crash":
   print("Traceback: boom", flush=True)
@@ -167,7 +172,7 @@ def test_create_rejects_unknown_generation_without_version(env):
 # --- setup.sh ----------------------------------------------------------------------------------
 
 def test_setup_copies_this_checkout_to_every_worker(env):
-  archive, scp, rm, ssh = dry_run("setup.sh", *TPU, env=env)
+  archive, scp, ssh, rm = dry_run("setup.sh", *TPU, env=env)
   tarball = os.path.join(env["TMPDIR"], "lm-src-lm-v5p-32.tar.gz")
   assert archive == ["git", "-C", ROOT, "archive", "--format=tar.gz", f"--output={tarball}", "HEAD"]
   assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", tarball, "lm-v5p-32:lm-src.tar.gz",
@@ -251,6 +256,100 @@ def test_delete(env):
                      "--zone=us-east5-a", "--project=p", "--force", "--quiet"]
 
 
+# --- many slices (Multislice) ------------------------------------------------------------------
+
+SLICES = ["--name=lm-ms", "--zone=us-east5-a", "--num-slices=2"]
+
+
+def ssh_to(command):
+  """(TPU VM, --worker) of a `gcloud ... tpu-vm ssh` command."""
+  assert command[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"], command
+  return command[5], next(a for a in command if a.startswith("--worker="))
+
+
+def test_create_many_slices_is_one_queued_resource_of_n_nodes(env):
+  result = script("create.sh", "--dry-run", "--name=lm-ms", "--zone=us-east5-a",
+                  "--accelerator-type=v5p-256", "--num-slices=4", "--spot", env=env)
+  assert result.returncode == 0, result.stderr
+  [command] = printed(result.stdout)
+  assert command == ["gcloud", "compute", "tpus", "queued-resources", "create", "lm-ms",
+                     "--node-count=4", "--node-prefix=lm-ms", "--zone=us-east5-a",
+                     "--accelerator-type=v5p-256", "--runtime-version=v2-alpha-tpuv5", "--spot"]
+  assert "4 slices lm-ms-0 ... lm-ms-3, each v5p-256: 128 JAX devices on 32 host(s)" in result.stderr
+
+
+def megascale_env(command):
+  """The `env K=V ...` words before "$@" in a launch command line."""
+  nohup = next(step for step in remote(command).split(" && ") if "setsid nohup" in step)
+  words = shlex.split(nohup.split("setsid nohup ", 1)[1].split(' "$@"', 1)[0])
+  assert words[0] == "env", nohup
+  return dict(word.split("=", 1) for word in words[1:])
+
+
+def test_launch_on_every_slice_with_its_multislice_environment(env):
+  commands = dry_run("launch.sh", *SLICES, "--coordinator=10.0.0.7", "--worker=all",
+                     "--config=configs/quickstart.py", "--workdir=gs://b/ms",
+                     "--config.mesh.dcn_data=2", "--env=LIBTPU_INIT_ARGS=--x=1", env=env)
+  assert [ssh_to(c) for c in commands] == [("lm-ms-0", "--worker=all"),
+                                           ("lm-ms-1", "--worker=all")]
+  for slice_id, command in enumerate(commands):
+    assert megascale_env(command) == {
+        "MEGASCALE_COORDINATOR_ADDRESS": "10.0.0.7", "MEGASCALE_NUM_SLICES": "2",
+        "MEGASCALE_SLICE_ID": str(slice_id), "MEGASCALE_PORT": "8081",
+        "LIBTPU_INIT_ARGS": "--x=1"}
+    assert ("set -- ~/lm_venv/bin/lm train --distributed --config=configs/quickstart.py "
+            "--workdir=gs://b/ms --config.mesh.dcn_data=2") in remote(command).split(" && ")
+
+
+def test_launch_asks_gcloud_for_worker_0_of_slice_0(env):
+  args = [*SLICES, "--config=c.py", "--workdir=gs://b/ms", "--megascale-port=8090",
+          "--check-after=0"]
+  describe, *ssh = dry_run("launch.sh", *args, env=env)
+  assert describe == ["gcloud", "compute", "tpus", "tpu-vm", "describe", "lm-ms-0",
+                      "--zone=us-east5-a", "--format=value(networkEndpoints[0].ipAddress)"]
+  assert megascale_env(ssh[0])["MEGASCALE_COORDINATOR_ADDRESS"] == "<IP of lm-ms-0 worker 0>"
+  result = script("launch.sh", *args, env={**env, "FAKE_TPU_IP": "10.9.8.7"})
+  assert result.returncode == 0, result.stderr
+  calls = gcloud_calls(env)
+  assert calls[0] == describe[1:]
+  ran = sorted(calls[1:], key=lambda c: c[4])  # the slices start at once, in any order
+  assert [c[4] for c in ran] == ["lm-ms-0", "lm-ms-1"]
+  for slice_id, call in enumerate(ran):
+    assert megascale_env(["gcloud", *call]) == {
+        "MEGASCALE_COORDINATOR_ADDRESS": "10.9.8.7", "MEGASCALE_NUM_SLICES": "2",
+        "MEGASCALE_SLICE_ID": str(slice_id), "MEGASCALE_PORT": "8090"}
+
+
+def test_setup_stop_logs_delete_cover_every_slice(env):
+  archive, scp0, ssh0, scp1, ssh1, rm = dry_run("setup.sh", *SLICES, env=env)
+  assert (scp0[6], scp1[6]) == ("lm-ms-0:lm-src.tar.gz", "lm-ms-1:lm-src.tar.gz")
+  assert [ssh_to(ssh0), ssh_to(ssh1)] == [("lm-ms-0", "--worker=all"),
+                                          ("lm-ms-1", "--worker=all")]
+  assert remote(ssh0) == remote(ssh1) and archive[3] == "archive" and rm[0] == "rm"
+  stops = dry_run("stop.sh", *SLICES, env=env)
+  assert [ssh_to(c)[0] for c in stops] == ["lm-ms-0", "lm-ms-1"]
+  [logs] = dry_run("logs.sh", *SLICES, "--run=ms", env=env)
+  assert ssh_to(logs) == ("lm-ms-0", "--worker=0")
+  [logs] = dry_run("logs.sh", *SLICES, "--run=ms", "--slice=1", env=env)
+  assert ssh_to(logs) == ("lm-ms-1", "--worker=0")
+  both = dry_run("logs.sh", *SLICES, "--run=ms", "--slice=all", "--no-follow", env=env)
+  assert [remote(c).rsplit(" | ", 1)[1] for c in both] == [
+      'sed -u "s/^/[lm-ms-0 $(hostname)] /"', 'sed -u "s/^/[lm-ms-1 $(hostname)] /"']
+  assert dry_run("delete.sh", *SLICES, "--queued", env=env) == [
+      ["gcloud", "compute", "tpus", "queued-resources", "delete", "lm-ms", "--zone=us-east5-a",
+       "--force"]]
+  assert [c[5] for c in dry_run("delete.sh", *SLICES, env=env)] == ["lm-ms-0", "lm-ms-1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-slices=0"], "--num-slices=0: expected the number of slices"),
+    (["--slice=2"], "--slice=2: expected all or a slice index below --num-slices=2"),
+])
+def test_bad_slice_options_name_the_option(env, args, message):
+  result = script("logs.sh", *SLICES, *args, env=env)
+  assert result.returncode == 2 and message in result.stderr and not gcloud_calls(env)
+
+
 # --- every script ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(TYPICAL))
@@ -314,6 +413,27 @@ def test_shellcheck():
 
 # --- launch / logs / stop on a fake worker -----------------------------------------------------
 
+def make_worker_home(home, venv):
+  """~/lm and a venv whose `lm` is FAKE_LM."""
+  bin_dir = home / venv / "bin"
+  bin_dir.mkdir(parents=True)
+  (home / "lm").mkdir()
+  os.symlink(sys.executable, bin_dir / "python")
+  lm = bin_dir / "lm"
+  lm.write_text(FAKE_LM.format(python=bin_dir / "python"))
+  lm.chmod(0o755)
+
+
+def kill_stand_in(home):
+  started = home / "lm_started.json"
+  if started.exists():  # never leave the stand-in running
+    pid = json.loads(started.read_text())["pid"]
+    try:
+      os.kill(pid, 9)
+    except ProcessLookupError:
+      pass
+
+
 @pytest.fixture
 def worker(env, tmp_path):
   """A worker home with ~/lm and a venv whose `lm` is FAKE_LM; ssh runs there, locally."""
@@ -322,22 +442,25 @@ def worker(env, tmp_path):
       pytest.skip(f"{tool} is not installed")
   home = tmp_path / "home"
   venv = f"lm_venv_test{os.getpid()}"  # a name no real process has: stop.sh pkills by it
-  bin_dir = home / venv / "bin"
-  bin_dir.mkdir(parents=True)
-  (home / "lm").mkdir()
-  os.symlink(sys.executable, bin_dir / "python")
-  lm = bin_dir / "lm"
-  lm.write_text(FAKE_LM.format(python=bin_dir / "python"))
-  lm.chmod(0o755)
-  worker_env = {**env, "FAKE_WORKER_HOME": str(home), "LM_TPU_VENV": venv}
-  yield home, worker_env
-  started = home / "lm_started.json"
-  if started.exists():  # never leave the stand-in running
-    pid = json.loads(started.read_text())["pid"]
-    try:
-      os.kill(pid, 9)
-    except ProcessLookupError:
-      pass
+  make_worker_home(home, venv)
+  yield home, {**env, "FAKE_WORKER_HOME": str(home), "LM_TPU_VENV": venv}
+  kill_stand_in(home)
+
+
+@pytest.fixture
+def slice_workers(env, tmp_path):
+  """Two slices' workers, lm-ms-0 and lm-ms-1, each with its own home (as `worker`)."""
+  for tool in ("setsid", "pgrep", "pkill", "hostname"):
+    if shutil.which(tool) is None:
+      pytest.skip(f"{tool} is not installed")
+  root = tmp_path / "homes"
+  venv = f"lm_venv_test{os.getpid()}"
+  homes = [root / f"lm-ms-{i}" for i in range(2)]
+  for home in homes:
+    make_worker_home(home, venv)
+  yield homes, {**env, "FAKE_WORKER_HOME": str(root), "LM_TPU_VENV": venv}
+  for home in homes:
+    kill_stand_in(home)
 
 
 def wait_for(predicate, seconds=5.0):
@@ -407,3 +530,25 @@ def test_launch_reports_a_process_that_dies_at_once(worker):
                   "--env=FAKE_LM_MODE=crash", "--check-after=1", env=env)
   assert result.returncode != 0
   assert "not running after 1 s" in result.stderr and "Traceback: boom" in result.stderr
+
+
+def test_launch_and_stop_on_two_fake_slices(slice_workers):
+  """Each slice's `lm train` starts with its own MEGASCALE_SLICE_ID; stop.sh stops both."""
+  homes, env = slice_workers
+  result = script("launch.sh", *SLICES, "--config=c.py", "--workdir=gs://b/ms",
+                  "--check-after=0", "--config.mesh.dcn_data=2", env=env)
+  assert result.returncode == 0, result.stderr
+  started = [home / "lm_started.json" for home in homes]
+  assert wait_for(lambda: all(f.exists() for f in started))
+  infos = [json.loads(f.read_text()) for f in started]
+  for slice_id, (home, info) in enumerate(zip(homes, infos)):
+    assert info["env"] == {"MEGASCALE_COORDINATOR_ADDRESS": "10.128.0.2",
+                           "MEGASCALE_NUM_SLICES": "2", "MEGASCALE_SLICE_ID": str(slice_id),
+                           "MEGASCALE_PORT": "8081"}
+    assert info["argv"][-1] == "--config.mesh.dcn_data=2" and info["cwd"] == str(home / "lm")
+  assert wait_for(lambda: all("step 1/100" in (h / "lm_logs/ms.log").read_text()
+                              for h in homes if (h / "lm_logs/ms.log").exists()))
+  result = script("stop.sh", *SLICES, "--grace=5", env=env)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count("lm train stopped") == 2
+  assert not any(alive(info["pid"]) for info in infos)

@@ -49,6 +49,7 @@ def short_run(tmp_path_factory, data_cache):
   t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 6, 8, 32, 3e-3, 2
   t.log_every, t.eval_every, t.checkpoint_every = 1, 3, 3
   config.data.eval_documents = 1
+  t.profile_steps = "2:4"
   workdir = str(tmp_path_factory.mktemp("short_run"))
   return config, workdir, train_and_evaluate(config, workdir)
 
@@ -73,6 +74,9 @@ def test_loss_falls_and_outputs_are_written(short_run):
     saved = json.load(f)
   assert saved["train"]["steps"] == 6 and saved["model"]["preset"] == "tiny"
   assert result["step"] == 6 and result["entropy_rate"] > 0
+  # train.profile_steps="2:4": one profiler trace in workdir/profile.
+  assert len(glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*",
+                                    "*.xplane.pb"))) == 1
 
 
 def test_resume_continues_exactly(short_run, make_config, tmp_path):
@@ -192,6 +196,9 @@ def test_eval_loss_and_tokens_are_the_same_for_1_2_and_4_shards(make_config):
     (dict(train__steps=0), "train.steps=0"),
     (dict(model__preset="llama9"), "model.preset='llama9'"),
     (dict(data__source="text:/no/such/*.txt"), "data.source"),
+    (dict(train__profile_steps="15:10"), "train.profile_steps='15:10'"),
+    (dict(model__attention="flash"), "model.attention='flash'"),
+    (dict(model__loss_chunk=-1), "model.loss_chunk=-1"),
 ])
 def test_bad_configs_fail_before_training(make_config, tmp_path, overrides, message):
   with pytest.raises((ValueError, FileNotFoundError)) as info:
