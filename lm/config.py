@@ -116,10 +116,12 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The preset named by `model.preset` with every non-None `model.*` field applied."""
+  """The preset named by `model.preset` with every non-None `model.*` field applied. A field
+  missing from `config` (the config.json of a workdir written before the field existed)
+  keeps the preset's value."""
   base = presets.get(config.model.preset)
-  overrides = {f.name: config.model[f.name] for f in dataclasses.fields(ModelConfig)
-               if config.model[f.name] is not None}
+  overrides = {f.name: config.model.get(f.name) for f in dataclasses.fields(ModelConfig)
+               if config.model.get(f.name) is not None}
   return base.replace(**overrides)
 
 
