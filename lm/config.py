@@ -97,6 +97,16 @@ def base_config() -> ml_collections.ConfigDict:
   config.lora.quantize = ""               # QLoRA: the frozen base as "nf4" or "int8" (blocks of
   config.lora.double_quant = False        # 64, lm/model/quant.py); also quantize the absmaxes
 
+  # stage="dpo" (lm/stages/dpo.py): the reference is the starting model (init_from), frozen.
+  config.dpo = ml_collections.ConfigDict()
+  config.dpo.loss = "sigmoid"             # sigmoid | ipo | hinge
+  config.dpo.beta = 0.1                   # strength of the pull towards the reference
+  config.dpo.label_smoothing = 0.0        # sigmoid: the assumed fraction of flipped labels
+
+  # stage="reward" (lm/stages/reward.py): a scalar head on the decoder, Bradley-Terry loss.
+  config.reward = ml_collections.ConfigDict()
+  config.reward.center = 0.0              # weight of (r_chosen + r_rejected)^2: rewards near 0
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes
   config.mesh.fsdp = 1
@@ -116,10 +126,12 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The preset named by `model.preset` with every non-None `model.*` field applied."""
+  """The preset named by `model.preset` with every non-None `model.*` field applied. A field
+  missing from `config` (the config.json of a workdir written before the field existed)
+  keeps the preset's value."""
   base = presets.get(config.model.preset)
-  overrides = {f.name: config.model[f.name] for f in dataclasses.fields(ModelConfig)
-               if config.model[f.name] is not None}
+  overrides = {f.name: config.model.get(f.name) for f in dataclasses.fields(ModelConfig)
+               if config.model.get(f.name) is not None}
   return base.replace(**overrides)
 
 

@@ -126,3 +126,63 @@ def _generation_spans(tokenizer: Any, messages: list[dict]) -> tuple[str, list[t
       text.append(char)
       length += 1
   return "".join(text), spans
+
+
+# --- Preference pairs (reward model, DPO) ------------------------------------------------------
+#
+#   {"prompt": str | [{"role", "content"}, ...], "chosen": str, "rejected": str,
+#    "margin": float (optional), "p_chosen": float in [0, 1] (optional)}
+#
+# A string prompt is one user turn; a message list is the conversation so far (it may end with
+# a user turn or start with a system message). chosen and rejected are the assistant's next
+# reply. `margin` asks the reward model for r_chosen - r_rejected >= margin; `p_chosen` is a soft
+# label, the probability that chosen is preferred (1.0 when absent).
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def preference_of(record: dict) -> tuple[list[dict], str, str, float, float]:
+  """(prompt messages, chosen, rejected, margin, p_chosen) of a preference record; ValueError
+  names the field that is wrong."""
+  prompt = record.get("prompt")
+  if isinstance(prompt, str):
+    messages = [{"role": "user", "content": prompt}]
+  elif isinstance(prompt, list) and prompt:
+    for i, message in enumerate(prompt):
+      if (not isinstance(message, dict) or message.get("role") not in ROLES
+          or not isinstance(message.get("content"), str)):
+        raise ValueError(f"field 'prompt', item {i}: must be {{'role': one of {ROLES}, "
+                         f"'content': str}}, got {str(message)[:200]}")
+    messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+  else:
+    raise ValueError(f"field 'prompt' must be a string or a non-empty list of messages, got "
+                     f"{str(prompt)[:200]}")
+  for field in ("chosen", "rejected"):
+    if not isinstance(record.get(field), str) or not record[field]:
+      raise ValueError(f"field {field!r} must be a non-empty string (the assistant's reply), "
+                       f"got {str(record.get(field))[:200]}")
+  numbers = {}
+  for field, default in (("margin", 0.0), ("p_chosen", 1.0)):
+    value = record.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+      raise ValueError(f"field {field!r} must be a number, got {value!r}")
+    numbers[field] = float(value)
+  if not 0.0 <= numbers["p_chosen"] <= 1.0:
+    raise ValueError(f"field 'p_chosen' must be in [0, 1], got {numbers['p_chosen']}")
+  return messages, record["chosen"], record["rejected"], numbers["margin"], numbers["p_chosen"]
+
+
+def render_reply(tokenizer: Any, messages: list[dict], reply: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(ids [N], mask [N]) of the conversation `messages` + the assistant's `reply`; the mask
+  covers that reply alone (with its end-of-turn token), not earlier assistant turns."""
+  ids, mask = render_with_mask(tokenizer, messages + [{"role": "assistant", "content": reply}])
+  if not mask.any():
+    return ids, mask
+  last = len(mask) - 1 - int(np.argmax(mask[::-1]))       # the reply's last token
+  first = last
+  while first > 0 and mask[first - 1]:
+    first -= 1
+  only = np.zeros_like(mask)
+  only[first:last + 1] = True
+  return ids, only

@@ -339,3 +339,60 @@ def example_eval_set(records: Sequence, to_example: Any, config: ml_collections.
     batches.append({key: np.stack([row[key] for row in mine]) for key in padding})
   return EvalSet(batches=batches, documents=len(examples),
                  tokens=int(sum(e["loss_mask"].sum() for e in examples)), bytes=0)
+
+
+# --- Examples of a fixed shape, one per row: preference pairs -----------------------------------
+
+def padded_stream(records: Sequence, to_row: Any, *, shard: int, num_shards: int, rows: int,
+                  seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
+  """Input stream `shard` of `num_shards`: `to_row(record)` gives one row of fixed-shape arrays
+  (or None to skip the record); batches of `rows` of them. Shuffled per epoch and read i,
+  i + S, ... like `stream`; nothing is packed."""
+  examples = grain.MapDataset.source(records).shuffle(seed=seed)
+  examples = examples.repeat(None)[shard::num_shards].map(to_row).to_iter_dataset(
+      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
+  if data.num_workers:
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  batches = examples.batch(rows, drop_remainder=True)
+  if data.prefetch:
+    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
+                                                           prefetch_buffer_size=data.prefetch)
+  return batches
+
+
+def padded_batches(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
+                   rows: slice, seed: int | None = None) -> Batches:
+  """This process's rows of every training batch of fixed-shape rows (`padded_stream`),
+  shuffled by `seed` (default: config.seed); resumable like `train_batches`."""
+  seed = config.seed if seed is None else seed
+  d, t = config.data, config.train
+  shards, num_shards = process_shards(rows, t.batch_size, d.shards)
+  datasets = {s: padded_stream(records, to_row, shard=s, num_shards=num_shards,
+                               rows=t.batch_size // num_shards, seed=seed, data=d)
+              for s in shards}
+  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
+                            "fields": d.fields, "eval_every_nth": d.eval_every_nth,
+                            "tokenizer": getattr(to_row, "name", ""), "seq_len": t.seq_len,
+                            "batch_size": t.batch_size, "shards": num_shards,
+                            "seed": config.seed, "num_workers": d.num_workers,
+                            "truncate": d.truncate}, seed)
+
+
+def padded_eval_set(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
+                    rows: slice, padding: Batch) -> EvalSet:
+  """The first `data.eval_documents` held-out records (0: all), in their stored order, one row
+  each, the last batch filled with `padding` rows (which the stage must weigh 0); like
+  `eval_set`, independent of `data.shards` and the processes."""
+  t = config.train
+  count = min(config.data.eval_documents or len(records), len(records))
+  all_rows = [r for r in (to_row(records[i]) for i in range(count)) if r is not None]
+  num_examples = len(all_rows)
+  num_batches = max(math.ceil(num_examples / t.batch_size), 1)
+  all_rows += [padding] * (num_batches * t.batch_size - num_examples)
+  batches = []
+  for b in range(num_batches):
+    mine = all_rows[b * t.batch_size + rows.start:b * t.batch_size + rows.stop]
+    batches.append({key: np.stack([row[key] for row in mine]) for key in padding})
+  return EvalSet(batches=batches, documents=num_examples, tokens=0, bytes=0)

@@ -10,6 +10,9 @@
                         for a stage that reads records (SFT), each line's whole JSON object
   builtin:tasks         the built-in instruction tasks (lm/data/tasks.py) as chat records,
                         with their own held-out split; builtin:tasks:add,sort picks tasks
+  builtin:preferences   preference pairs over the built-in tasks' prompts with a known true
+                        reward (lm/data/preferences.py), for stage="reward" / "dpo"; options:
+                        builtin:preferences:noise=0.1,seed=0,tasks=add+sort
   builtin:stdlib        ~1.7 MB of English prose shipped with Python itself: the pydoc topic
                         pages and every long docstring of the standard library. No network.
   synthetic:markov      a first-order Markov chain over a small alphabet whose entropy rate is
@@ -37,7 +40,7 @@ import os
 import pathlib
 import sys
 import sysconfig
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from absl import logging
 from etils import epath
@@ -47,6 +50,9 @@ import numpy as np
 FORMAT_VERSION = "2"           # bump when the preparation below changes what it writes
 MAX_RECORD_CHARS = 1 << 20     # longer documents are stored as several records
 TFDS_EVAL_SPLITS = ("validation", "test")
+
+
+Check = Callable[[dict], None] | None  # record -> None, or ValueError naming the field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,9 +216,10 @@ def _decode(data: bytes, path: str, counts: Counts) -> str:
 
 
 def _file_documents(source: str, scheme: str, pattern: str, text_field: str,
-                    counts: Counts, fields: tuple[str, ...] = ()) -> Iterator[str]:
+                    counts: Counts, fields: tuple[str, ...] = (), check: Check = None
+                    ) -> Iterator[str]:
   """The documents of text: or jsonl: files; with `fields`, each JSON line whole (as JSON
-  text), after checking that it has every field."""
+  text), after checking that it has every field and passes the stage's `check`."""
   for path in _matching_files(source, pattern):
     counts.files += 1
     text = _decode(pathlib.Path(path).read_bytes(), path, counts)
@@ -232,6 +239,11 @@ def _file_documents(source: str, scheme: str, pattern: str, text_field: str,
           raise ValueError(f"{path}:{line_number}: no field {missing[0]!r} (data.fields="
                            f"{','.join(fields)!r}; the record has "
                            f"{sorted(record) if isinstance(record, dict) else 'no fields'})")
+        if check is not None:
+          try:
+            check(record)
+          except ValueError as e:
+            raise ValueError(f"{path}:{line_number}: {e}") from e
         yield json.dumps(record, ensure_ascii=False)
         continue
       if not isinstance(record, dict) or text_field not in record:
@@ -250,7 +262,8 @@ def _records(document: str) -> Iterator[str]:
   yield document
 
 
-def _local_documents(source: str, text_field: str, fields: tuple[str, ...] = ()
+def _local_documents(source: str, text_field: str, fields: tuple[str, ...] = (),
+                     check: Check = None
                      ) -> tuple[Iterator[str], Counts, float | None]:
   scheme, _, rest = source.partition(":")
   counts, rate = Counts(), None
@@ -271,7 +284,7 @@ def _local_documents(source: str, text_field: str, fields: tuple[str, ...] = ()
     documents = iter(docs)
   else:
     _matching_files(source, rest)  # fail now, not inside the TFDS builder
-    documents = _file_documents(source, scheme, rest, text_field, counts, fields)
+    documents = _file_documents(source, scheme, rest, text_field, counts, fields, check)
 
   def counted() -> Iterator[str]:
     for document in documents:
@@ -376,7 +389,7 @@ _BUILDER = None
 
 
 def _local_source(source: str, data: ml_collections.ConfigDict,
-                  fields: tuple[str, ...] = ()) -> Source:
+                  fields: tuple[str, ...] = (), check: Check = None) -> Source:
   global _BUILDER  # pylint: disable=global-statement
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   _BUILDER = _BUILDER or _local_builder_class()
@@ -385,7 +398,7 @@ def _local_source(source: str, data: ml_collections.ConfigDict,
   summary_path = os.path.join(data_dir, "lm_source.json")
   with _exclusive(data_dir + ".lock"):
     if not os.path.exists(summary_path):
-      records, counts, rate = _local_documents(source, data.text_field, fields)
+      records, counts, rate = _local_documents(source, data.text_field, fields, check)
       records = list(records)
       if not records:
         raise ValueError(f"data.source={source!r}: every document is empty "
@@ -429,6 +442,32 @@ def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
   return Source(name=source, train=train, eval=held_out, entropy_rate=None,
                 description=f"{source}: {len(train)} train / {len(held_out)} held-out records "
                             f"of the tasks {sorted({r['task'] for r in train})}")
+
+
+def _preferences_source(source: str, fields: tuple[str, ...]) -> Source:
+  """builtin:preferences[:noise=0.1,seed=0,tasks=add+sort]: the preference world's pairs
+  (lm/data/preferences.py), generated here."""
+  from lm.data import preferences  # pylint: disable=import-outside-toplevel
+  options = _parse_options(source.split(":", 2)[2]) if source.count(":") > 1 else {}
+  unknown = sorted(set(options) - {"noise", "seed", "tasks"})
+  if unknown:
+    raise ValueError(f"data.source={source!r}: unknown option {unknown[0]!r}; the options are "
+                     "noise=<swap probability>, seed=<int>, tasks=<name>+<name>")
+  try:
+    noise, seed = float(options.get("noise", 0.0)), int(options.get("seed", 0))
+    names = options["tasks"].split("+") if "tasks" in options else None
+    train = preferences.records("train", seed=seed, noise=noise, task_names=names)
+    held_out = preferences.records("eval", seed=seed, noise=0.0, task_names=names)
+  except ValueError as e:
+    raise ValueError(f"data.source={source!r}: {e}") from e
+  missing = [f for f in fields if f not in train[0]]
+  if missing or not fields:
+    raise ValueError(f"data.source={source!r} holds preference pairs {sorted(train[0])}; "
+                     f"stage with data.fields={','.join(fields)!r} cannot read them (train them "
+                     "with stage='reward' or 'dpo')")
+  return Source(name=source, train=train, eval=held_out, entropy_rate=None,
+                description=f"{source}: {len(train)} train pairs (label noise {noise}) / "
+                            f"{len(held_out)} held-out pairs (no noise)")
 
 
 # --- The TFDS catalog -------------------------------------------------------------------------
@@ -502,9 +541,11 @@ def _tfds_source(source: str, data: ml_collections.ConfigDict,
                             f"{len(held)} held-out ({eval_split}), from {where}")
 
 
-def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = ()) -> Source:
+def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = (),
+                check: Check = None) -> Source:
   """The train and held-out documents of `data.source`, prepared on first use; with
-  `fields`, records (dicts) that have each of them."""
+  `fields`, records (dicts) that have each of them. `check(record)` (a stage's) raises
+  ValueError naming the field of a malformed jsonl: record; the error adds file and line."""
   source = data.source
   scheme = source.partition(":")[0]
   if scheme == "tfds":
@@ -514,8 +555,10 @@ def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = ()) -
       raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain "
                        "does not read; train on them with stage='sft'")
     return _tasks_source(source, fields)
+  if source == "builtin:preferences" or source.startswith("builtin:preferences:"):
+    return _preferences_source(source, fields)
   if scheme in ("builtin", "synthetic", "text", "jsonl"):
-    return _local_source(source, data, fields)
+    return _local_source(source, data, fields, check)
   raise ValueError(f"data.source={source!r} has an unknown scheme {scheme!r}; use "
                    "tfds:<name>, text:<glob>, jsonl:<glob>, builtin:stdlib, builtin:tasks "
                    "or synthetic:markov")

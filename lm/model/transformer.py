@@ -59,11 +59,14 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, cache: KVCache | None = None,
-               last_only: bool = False, targets: jax.Array | None = None):
+               last_only: bool = False, targets: jax.Array | None = None,
+               hidden: bool = False):
     """Logits [B, T, V] (float32); with a cache, (logits, new_cache). `last_only` keeps the
     logits of the last position alone ([B, 1, V]), all a prefill needs. With `targets`
     [B, T]: (nll, log Z), each [B, T] float32, the token log-probs a loss needs, computed
-    `model.loss_chunk` positions at a time when set (lm/model/output.py)."""
+    `model.loss_chunk` positions at a time when set (lm/model/output.py). `hidden` returns
+    the final-norm outputs [B, T, D] instead, a head's input (lm/model/heads.py); the output
+    projection is still declared, so the parameter tree stays the language model's."""
     cfg = self.config
     if targets is not None and (cache is not None or last_only):
       raise ValueError("targets are for training and scoring whole rows, not decoding")
@@ -125,6 +128,11 @@ class Decoder(nn.Module):
     if last_only:
       x = x[:, -1:]
     x = Norm(cfg, name="final_norm")(x)
+    if hidden:
+      if not cfg.tie_embeddings:
+        param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+              weight_init(cfg))
+      return nn.with_logical_constraint(x, ACTIVATION_AXES)  # [B, T, D]
     if cfg.tie_embeddings:
       w = embed.table.astype(x.dtype).T  # [D, V]
     else:

@@ -6,7 +6,8 @@ from typing import Any
 
 import ml_collections
 
-STAGES = {"pretrain": "lm.stages.pretrain", "sft": "lm.stages.sft"}
+STAGES = {"pretrain": "lm.stages.pretrain", "sft": "lm.stages.sft", "reward": "lm.stages.reward",
+          "dpo": "lm.stages.dpo"}
 
 
 def get(name: str):

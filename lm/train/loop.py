@@ -186,7 +186,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
   config_lib.validate(config, model_config, tokenizer.vocab_size, dict(mesh.shape))
   model = stage.make_model(model_config)
   rules_lib.check_divisible(state_lib.abstract_boxed_params(model), dict(mesh.shape), rules)
-  source = sources.open_source(config.data, config_lib.data_fields(config, stage))
+  source = sources.open_source(config.data, config_lib.data_fields(config, stage),
+                               check=getattr(stage, "check_record", None))
   tx = optim.make_optimizer(t)
   abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   _, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
@@ -203,11 +204,19 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
                config_json=json.loads(config.to_json_best_effort()))
 
 
-def load_imported(setup: Setup) -> Any:
-  """The parameters `init_from` holds (a Decoder's), placed as the stage's model places them;
-  the model's other parameters (adapters, a new head) are initialised by `params_with`."""
-  shardings = state_lib.subtree(setup.model_shardings, setup.imported_params)
-  return init_from_lib.load_params(setup.config.init_from, setup.model_config, shardings)
+def load_init_from(setup: Setup) -> Any:
+  """The model's parameter tree at step 0: what `init_from` holds (a Decoder's tree) placed
+  as the stage's model places it, under the stage's `pretrained_key` (a reward model's
+  "decoder") where it names one; the model's other parameters (a head, LoRA adapters)
+  freshly initialised from the seed (`params_with`)."""
+  config, key = setup.config, getattr(setup.stage, "pretrained_key", None)
+  shardings = setup.model_shardings if key is None else setup.model_shardings[key]
+  loaded = init_from_lib.load_params(config.init_from, setup.model_config,
+                                     state_lib.subtree(shardings, setup.imported_params))
+  if key is not None:
+    loaded = {key: loaded}
+  return state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
+                               setup.model_shardings)
 
 
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
@@ -222,7 +231,7 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
                                            workdir_lib.resume_check(setup.config_json, workdir))
   key = jax.random.key(config.seed)
   if restored is None and config.init_from:  # the whole tree, before the stage splits it
-    params = state_lib.params_with(setup.model, key, load_imported(setup), setup.model_shardings)
+    params = load_init_from(setup)
     state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition)
   elif restored is None:
     state = state_lib.create_train_state(setup.model, setup.tx, key, setup.shardings,

@@ -49,6 +49,11 @@ class Stage(Protocol):
   name: str
   fields: tuple[str, ...]             # the record fields the stage reads (data.fields)
   metric_weights: Mapping[str, str]   # reported metric -> the sums entry that weights it
+  # Optional, read with getattr:
+  #   pretrained_key: str   the subtree of the module's parameters `init_from` fills (a reward
+  #                         model's "decoder"); the rest is initialised fresh. Absent: all.
+  #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
+  #                         (the source adds the file and line), while the source is prepared
 
   def make_model(self, model_config: ModelConfig) -> nn.Module:
     """The module trained: the Decoder, or the Decoder with a head."""

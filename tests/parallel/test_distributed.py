@@ -74,6 +74,39 @@ def test_every_mesh_gives_the_single_device_losses(reference, tmp_path, data_cac
       assert got[step] == pytest.approx(expected, rel=1e-5), (mesh, step)
 
 
+PAIR_STAGES = {"reward": {"stage": "reward"}, "dpo": {"stage": "dpo", "dpo.loss": "sigmoid"}}
+
+
+def pair_overrides(stage, mesh, cache):
+  return {**mesh_overrides(mesh, cache), **PAIR_STAGES[stage],
+          "data.source": "builtin:preferences", "train.seq_len": 64, "train.steps": 3}
+
+
+def test_preference_stages_on_8_devices_give_the_single_device_losses(tmp_path, data_cache):
+  """The reward model and DPO (a frozen reference tree beside the trained one) on a data x
+  fsdp x tensor mesh of 8 CPU devices: the single-device losses and metrics."""
+  from lm.stages import train_and_evaluate  # pylint: disable=import-outside-toplevel
+  runs = [{"workdir": str(tmp_path / f"{stage}_8"),
+           "overrides": pair_overrides(stage, (2, 2, 2), data_cache)} for stage in PAIR_STAGES]
+  process = start_worker({"runs": runs}, devices=8)
+  for stage in PAIR_STAGES:
+    train_and_evaluate(worker.make_config(pair_overrides(stage, (1, 1, 1), data_cache)),
+                       str(tmp_path / f"{stage}_1"))
+  finish(process)
+  for stage in PAIR_STAGES:
+    with open(tmp_path / f"{stage}_1" / "metrics.jsonl", encoding="utf-8") as f:
+      single = [r for r in map(json.loads, f) if "loss" in r]
+    with open(tmp_path / f"{stage}_8" / "metrics.jsonl", encoding="utf-8") as f:
+      sharded = [r for r in map(json.loads, f) if "loss" in r]
+    assert [r["step"] for r in single] == [r["step"] for r in sharded] == [1, 2, 3]
+    names = ["loss", "grad_norm"] + (["accuracy", "margin"] if stage == "reward" else
+                                     ["rewards/margins", "logps/chosen", "logps/rejected"])
+    for one, eight in zip(single, sharded):
+      for name in names:
+        assert eight[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), (stage, name)
+    assert single[-1]["loss"] != single[0]["loss"]  # it trained
+
+
 def test_fsdp_puts_an_eighth_of_every_large_array_on_each_device(data_cache):
   out = finish(start_worker({"shards": mesh_overrides((1, 8, 1), data_cache)}, devices=8))
   layout = json.loads(out.split("LAYOUT ", 1)[1])

@@ -36,6 +36,9 @@ def make_config(overrides: dict):
   t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 5
   config.data.eval_documents = 1
   for key, value in overrides.items():
+    if "." not in key:  # a top-level field: stage, init_from
+      config[key] = value
+      continue
     section, field = key.split(".")
     config[section][field] = value
   return config_lib.lock(config)

@@ -90,6 +90,36 @@ def test_kill_9_at_a_random_step_then_rerun_gives_the_same_losses(
   assert losses(tmp_path) == uninterrupted  # every step once, equal bit for bit
 
 
+PAIRS = ["--config.data.source=builtin:preferences", "--config.train.seq_len=64",
+         "--config.train.steps=20", "--config.train.checkpoint_every=2"]
+
+
+@pytest.mark.parametrize("stage", ["reward", "dpo"])
+def test_preference_stages_resume_after_kill_9_bitwise(tmp_path, data_cache, stage):
+  """The reward model and DPO (whose frozen reference is checkpointed beside the policy):
+  killed once the checkpoint of step 2 is written, rerun, every step's metrics equal an uninterrupted run's."""
+  command = lambda workdir: train_command(workdir, data_cache, f"--config.stage={stage}",
+                                          *PAIRS)
+  whole = tmp_path / "whole"
+  subprocess.run(command(whole), cwd=ROOT, check=True, capture_output=True, timeout=600)
+  process = start(command(tmp_path / "killed"))
+  wait_for_step(process, tmp_path / "killed", 3)
+  while not os.path.isdir(tmp_path / "killed" / "checkpoints" / "2"):  # renamed when complete
+    assert process.poll() is None
+    time.sleep(0.01)
+  process.kill()
+  assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
+  assert max(losses(tmp_path / "killed")) < 20
+  rerun = subprocess.run(command(tmp_path / "killed"), cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "Resuming from checkpoint at step" in rerun.stdout
+  def exact(workdir):  # every metric but the timings, at each step and the final eval
+    return [{k: v for k, v in r.items() if "per_sec" not in k and k != "mfu"}
+            for r in records(workdir) if "loss" in r or "eval_loss" in r]
+  assert exact(tmp_path / "killed") == exact(whole) and len(exact(whole)) == 21
+
+
 def test_sigterm_saves_and_exits_0_and_the_rerun_resumes_there(tmp_path, data_cache):
   command = train_command(tmp_path, data_cache, "--config.train.steps=100000",
                           "--config.train.checkpoint_every=1000")

@@ -1,0 +1,94 @@
+"""A preference world with a known true reward (`builtin:preferences`): no network, no files.
+
+    records("train", seed=0, noise=0.0)   # one pair per built-in task prompt
+    -> {"prompt": "Add: 47+385", "chosen": "432", "rejected": "432, I hope that helps.",
+        "task": "add", "answer": "432", "kind": "concise"}
+    true_reward("432", "432 honestly")    # -1.0: correct, but a banned word
+
+The prompts are those of the built-in tasks (lm/data/tasks.py), with their train / held-out
+split, so a held-out prompt never occurs in training. Each prompt gets one pair of replies
+of one kind, drawn from the seed:
+
+  correct   a correct reply against a wrong one (a nearby number, a changed letter)
+  concise   the bare answer against the same answer padded with a pleasantry
+  banned    a correct reply with a banned word against a clean wrong one: the rule that a
+            banned word loses outweighs correctness
+
+`chosen` is the reply the true reward prefers; with label noise p, the two are swapped in a
+fraction p of the pairs (drawn from the seed), as careless raters would. The true reward is
+for evaluation only (how good are a policy's replies; how often a reward model agrees with
+the truth): no stage imports it, and training reads only the pairs.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from lm.data import tasks
+
+BANNED = ("honestly", "basically", "literally")
+PADDING = ("I hope that helps.", "Let me know if you need more.", "That is my answer.",
+           "Glad to help!")
+KINDS = ("correct", "concise", "banned")
+
+
+def _words(text: str) -> list[str]:
+  return [w for w in (w.strip(".,!?;:").lower() for w in text.split()) if w]
+
+
+def true_reward(answer: str, reply: str) -> float:
+  """The world's reward of `reply` to a prompt whose exact answer is `answer`: +2 when the
+  reply starts with the answer, -0.1 per word beyond the answer's (up to 10), -3 for any
+  banned word. Correct beats wrong; among correct replies, shorter beats longer; a banned
+  word loses to every clean reply."""
+  words, answer_words = _words(reply), _words(answer)
+  correct = len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
+  extra = min(max(len(words) - len(answer_words), 0), 10)
+  banned = any(w in BANNED for w in words)
+  return 2.0 * correct - 0.1 * extra - 3.0 * banned
+
+
+def _wrong(answer: str, rng: np.random.Generator) -> str:
+  """A plausible wrong answer: a nearby number, or a list with one letter changed."""
+  if answer.isdigit():
+    delta = int(rng.integers(1, 10)) * (1 if rng.integers(2) or int(answer) < 10 else -1)
+    return str(int(answer) + delta)
+  letters = answer.split(" ")
+  i = int(rng.integers(len(letters)))
+  replacement = "abcdefghijklmnopqrstuvwxyz".replace(letters[i], "")
+  letters[i] = replacement[int(rng.integers(len(replacement)))]
+  return " ".join(letters)
+
+
+def _padded(answer: str, rng: np.random.Generator) -> str:
+  return f"{answer}, {PADDING[int(rng.integers(len(PADDING)))]}"
+
+
+def _pair(answer: str, kind: str, rng: np.random.Generator) -> tuple[str, str]:
+  """(better, worse) replies of one kind."""
+  if kind == "correct":
+    good = answer if rng.integers(2) else _padded(answer, rng)
+    return good, _wrong(answer, rng)
+  if kind == "concise":
+    return answer, _padded(answer, rng)
+  banned = BANNED[int(rng.integers(len(BANNED)))]
+  return _wrong(answer, rng), f"{answer} {banned}"
+
+
+def records(split: str, seed: int = 0, noise: float = 0.0,
+            task_names: Sequence[str] | None = None) -> list[dict]:
+  """Preference records of `split` ("train" or "eval"): one per built-in task prompt."""
+  if not 0.0 <= noise <= 0.5:
+    raise ValueError(f"noise={noise}: the label noise is a swap probability in [0, 0.5]")
+  rng = np.random.default_rng([int(seed), 7, split == "eval"])
+  out = []
+  for record in tasks.records(split, seed=seed, tasks=task_names):
+    answer = record["answer"]
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    better, worse = _pair(answer, kind, rng)
+    assert true_reward(answer, better) > true_reward(answer, worse), (answer, better, worse)
+    if rng.random() < noise:
+      better, worse = worse, better
+    out.append({"prompt": record["messages"][0]["content"], "chosen": better,
+                "rejected": worse, "task": record["task"], "answer": answer, "kind": kind})
+  return out

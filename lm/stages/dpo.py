@@ -1,0 +1,126 @@
+"""Direct preference optimisation (`stage="dpo"`): the policy learns the preferences directly,
+held near a frozen reference (Rafailov et al. 2023; IPO: Azar et al. 2023).
+
+Letters: B pairs.
+
+The loss at the top is a pure function of summed reply log-probabilities; the Stage below
+computes them for the policy (`state.params`) and the reference (`state.frozen`, a copy of
+the starting model made at step 0, never updated, under stop_gradient), over the reply
+tokens only (lm/stages/pairs.py). With h = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) -
+log ref(y_r)):
+
+  sigmoid  -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (label smoothing eps)
+  ipo      (h - 1 / (2 beta))^2, on log-probs averaged per reply token (as TRL and the paper)
+  hinge    max(0, 1 - beta h)
+
+Metrics carry TRL's names: rewards/chosen and rewards/rejected (beta times the log-ratio of
+each reply), rewards/margins, rewards/accuracies (how often the chosen reply's reward is the
+higher), logps/chosen and logps/rejected (the policy's). Start from an SFT or imported model
+with `init_from`: it is both the policy's start and the reference.
+"""
+
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lm.model import Decoder, ModelConfig
+from lm.stages import pairs
+
+LOSSES = ("sigmoid", "ipo", "hinge")
+METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+           "logps/chosen", "logps/rejected")
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, reference_chosen: jax.Array,
+             reference_rejected: jax.Array, beta: float = 0.1, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(losses [B], chosen rewards [B], rejected rewards [B]) from log-probs [B] of each reply."""
+  chosen_ratio = policy_chosen - reference_chosen           # [B]
+  rejected_ratio = policy_rejected - reference_rejected     # [B]
+  h = chosen_ratio - rejected_ratio
+  if loss_type == "sigmoid":
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+              - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+  elif loss_type == "ipo":
+    losses = jnp.square(h - 1.0 / (2.0 * beta))
+  elif loss_type == "hinge":
+    losses = jax.nn.relu(1.0 - beta * h)
+  else:
+    raise ValueError(f"dpo.loss={loss_type!r} is not one of {list(LOSSES)}")
+  return losses, beta * chosen_ratio, beta * rejected_ratio
+
+
+def _copy(leaf: Any) -> Any:
+  """A separate buffer for an array (the state is donated: the two trees must not share one);
+  shapes and shardings pass through."""
+  return jnp.copy(leaf) if isinstance(leaf, jax.Array) else leaf
+
+
+class Stage(pairs.PairStage):
+  """DPO: the Decoder, every parameter trained, a frozen copy of the start as the reference."""
+
+  name = "dpo"
+
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
+    super().__init__(config, tokenizer)
+    d = config.dpo
+    if d.loss not in LOSSES:
+      raise ValueError(f"dpo.loss={d.loss!r} is not one of {list(LOSSES)}")
+    if d.beta <= 0:
+      raise ValueError(f"dpo.beta={d.beta} must be positive")
+    if not 0 <= d.label_smoothing < 0.5:
+      raise ValueError(f"dpo.label_smoothing={d.label_smoothing} must be in [0, 0.5)")
+    if d.label_smoothing and d.loss != "sigmoid":
+      raise ValueError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss='sigmoid' "
+                       f"only, not {d.loss!r}")
+    if not config.init_from:
+      logging.warning("stage='dpo' without init_from: the reference is a random model")
+    self.loss_type, self.beta, self.label_smoothing = d.loss, d.beta, d.label_smoothing
+    self.metric_weights = {"loss": "weight", **{name: "weight" for name in METRICS}}
+
+  def make_model(self, model_config: ModelConfig) -> Decoder:
+    return Decoder(model_config)
+
+  def partition(self, params: Any) -> tuple[Any, Any]:
+    return params, jax.tree.map(_copy, params)
+
+  def _logps(self, apply: Callable, params: Any, batch: pairs.Batch
+             ) -> tuple[jax.Array, jax.Array]:
+    """(chosen, rejected) log-probs [B] of the replies under `params`: one forward pass."""
+    nll, _ = apply(params, pairs.both_sides(batch, "inputs"),
+                   targets=pairs.both_sides(batch, "targets"))              # [2B, T]
+    mask = pairs.both_sides(batch, "loss_mask")                             # [2B, T]
+    logps = pairs.reply_logps(nll, mask)
+    if self.loss_type == "ipo":
+      logps = logps / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
+    return jnp.split(logps, 2)
+
+  def loss(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch):
+    chosen, rejected = self._logps(apply, params, batch)
+    ref_chosen, ref_rejected = jax.lax.stop_gradient(self._logps(apply, frozen, batch))
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
+        self.label_smoothing)
+    chosen_rewards, rejected_rewards = (jax.lax.stop_gradient(chosen_rewards),
+                                        jax.lax.stop_gradient(rejected_rewards))
+    w = batch["weight"]                                    # [B]: 0 on padding rows
+    sums = {"weight": jnp.sum(w), "loss": jnp.sum(w * losses),
+            "rewards/chosen": jnp.sum(w * chosen_rewards),
+            "rewards/rejected": jnp.sum(w * rejected_rewards),
+            "rewards/margins": jnp.sum(w * (chosen_rewards - rejected_rewards)),
+            "rewards/accuracies": jnp.sum(w * (chosen_rewards > rejected_rewards)),
+            "logps/chosen": jnp.sum(w * jax.lax.stop_gradient(chosen)),
+            "logps/rejected": jnp.sum(w * jax.lax.stop_gradient(rejected))}
+    return sums["loss"], sums
+
+  def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch
+                ) -> dict[str, jax.Array]:
+    return self.loss(apply, params, frozen, batch)[1]
+
+  def eval_metrics(self, totals: dict[str, float], eval_set: Any) -> dict[str, float]:
+    del eval_set
+    weight = max(totals["weight"], 1.0)
+    return {f"eval_{name}": totals[name] / weight for name in ("loss", *METRICS)}
