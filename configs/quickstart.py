@@ -9,7 +9,8 @@ Runtime:  about 1.5 minutes on 2 idle cores (200 steps of 32 x 128 bytes, 819k t
 Result:   eval loss about 1.9 nats/byte (bits/byte about 2.8) at step 200 on all 114
           held-out documents, 67,429 tokens (measured: 1.9228, from 2.670 at step 50; before
           the output layer of lm/model/output.py, 1.9210 here and 2.026 on the first 16,384
-          held-out tokens, the evaluation before issue 11); the sample is English-like text, mostly real words.
+          held-out tokens, the evaluation before issue 11); the sample is English-like
+          text, mostly real words.
 Running the command again in the same workdir resumes from the last checkpoint.
 """
 
