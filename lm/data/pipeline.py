@@ -70,28 +70,52 @@ def example_batch(batch_size: int, seq_len: int) -> Batch:
   return {key: np.stack([value] * batch_size) for key, value in row.items()}
 
 
+def _mapped(records: Sequence, convert: Any, *, shard: int, num_shards: int, rows: int,
+            seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
+  """Stream `shard` of `num_shards` over `records`: a new permutation each epoch, read i,
+  i + S, ..., each record through `convert` (in `data.num_workers` worker processes when set;
+  what follows runs here, in order)."""
+  items = grain.MapDataset.source(records).shuffle(seed=seed)
+  items = items.repeat(None)[shard::num_shards].map(convert).to_iter_dataset(
+      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
+  if data.num_workers:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a notebook never parsed
+      flags.FLAGS.mark_as_parsed()
+    items = items.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  return items
+
+
+def _batched(rows_of_a_stream: grain.IterDataset, rows: int,
+             data: ml_collections.ConfigDict) -> grain.IterDataset:
+  batches = rows_of_a_stream.batch(rows, drop_remainder=True)
+  if data.prefetch:
+    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
+                                                           prefetch_buffer_size=data.prefetch)
+  return batches
+
+
+def _fingerprint(config: ml_collections.ConfigDict, tokenizer_name: str, num_shards: int,
+                 **more) -> dict:
+  """What the order of a run's batches depends on: a resume with another value reshuffles."""
+  d, t = config.data, config.train
+  return {"source": d.source, "files": sources.files_signature(d),
+          "eval_every_nth": d.eval_every_nth, "tokenizer": tokenizer_name,
+          "seq_len": t.seq_len, "batch_size": t.batch_size, "shards": num_shards,
+          "seed": config.seed, "num_workers": d.num_workers, **more}
+
+
 def stream(documents: Sequence[str], tokenizer, *, shard: int, num_shards: int, rows: int,
            seq_len: int, seed: int, data: ml_collections.ConfigDict) -> grain.IterDataset:
   """Input stream `shard` of `num_shards`: batches of `rows` packed rows, forever."""
-  docs = grain.MapDataset.source(documents).shuffle(seed=seed)
-  docs = docs.repeat(None)[shard::num_shards]  # a new permutation each epoch
-  examples = docs.map(Tokenize(tokenizer)).to_iter_dataset(
-      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
-  if data.num_workers:  # tokenize in worker processes; pack here, in order
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a notebook never parsed
-      flags.FLAGS.mark_as_parsed()
-    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  examples = _mapped(documents, Tokenize(tokenizer), shard=shard, num_shards=num_shards,
+                     rows=rows, seed=seed, data=data)  # tokenized in workers, packed in order
   packed = grain_experimental.ConcatThenSplitIterDataset(
       examples, length_struct={"inputs": seq_len, "targets": seq_len})
   packed_rows = packed.map(finish_row)
   if data.shuffle_rows:  # else a long document fills whole batches with its rows
     packed_rows = grain_experimental.WindowShuffleIterDataset(
         packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
-  batches = packed_rows.batch(rows, drop_remainder=True)
-  if data.prefetch:
-    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
-                                                           prefetch_buffer_size=data.prefetch)
-  return batches
+  return _batched(packed_rows, rows, data)
 
 
 def process_shards(rows: slice, batch_size: int, shards: int) -> tuple[range, int]:
@@ -163,12 +187,9 @@ def train_batches(documents: Sequence[str], tokenizer, config: ml_collections.Co
   datasets = {s: stream(documents, tokenizer, shard=s, num_shards=num_shards,
                         rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed, data=d)
               for s in shards}
-  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
-                            "text_field": d.text_field, "eval_every_nth": d.eval_every_nth,
-                            "tokenizer": tokenizer.name, "seq_len": t.seq_len,
-                            "batch_size": t.batch_size, "shards": num_shards,
-                            "seed": config.seed, "num_workers": d.num_workers,
-                            "shuffle_rows": d.shuffle_rows}, seed)
+  return Batches(datasets, _fingerprint(config, tokenizer.name, num_shards,
+                                        text_field=d.text_field, shuffle_rows=d.shuffle_rows),
+                 seed)
 
 
 def why_not_resumable(batches: Batches, saved: dict | None) -> str | None:
@@ -281,22 +302,13 @@ def example_stream(records: Sequence, to_example: Any, *, shard: int, num_shards
   gives {"inputs", "targets", "loss_mask"} of at most `seq_len` tokens (or None to skip), and
   rows hold whole examples, first-fit packed (`data.pack`) or one per row, padded. Padding has
   segment id 0 and loss mask 0. Otherwise as `stream`: shuffled per epoch, read i, i + S, ..."""
-  examples = grain.MapDataset.source(records).shuffle(seed=seed)
-  examples = examples.repeat(None)[shard::num_shards].map(to_example).to_iter_dataset(
-      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
-  if data.num_workers:
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
+  examples = _mapped(records, to_example, shard=shard, num_shards=num_shards, rows=rows,
+                     seed=seed, data=data)
   packed_rows = _first_fit(examples, seq_len, rows, seed + shard, True, data.pack)
   if data.shuffle_rows:
     packed_rows = grain_experimental.WindowShuffleIterDataset(
         packed_rows, window_size=data.shuffle_rows, seed=seed + shard)
-  batches = packed_rows.batch(rows, drop_remainder=True)
-  if data.prefetch:
-    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
-                                                           prefetch_buffer_size=data.prefetch)
-  return batches
+  return _batched(packed_rows, rows, data)
 
 
 def example_batches(records: Sequence, to_example: Any, config: ml_collections.ConfigDict,
@@ -309,13 +321,9 @@ def example_batches(records: Sequence, to_example: Any, config: ml_collections.C
   datasets = {s: example_stream(records, to_example, shard=s, num_shards=num_shards,
                                 rows=t.batch_size // num_shards, seq_len=t.seq_len, seed=seed,
                                 data=d) for s in shards}
-  return Batches(datasets, {"source": d.source, "files": sources.files_signature(d),
-                            "fields": d.fields, "eval_every_nth": d.eval_every_nth,
-                            "tokenizer": getattr(to_example, "name", ""), "seq_len": t.seq_len,
-                            "batch_size": t.batch_size, "shards": num_shards,
-                            "seed": config.seed, "num_workers": d.num_workers,
-                            "shuffle_rows": d.shuffle_rows, "pack": d.pack,
-                            "truncate": d.truncate}, seed)
+  return Batches(datasets, _fingerprint(config, getattr(to_example, "name", ""), num_shards,
+                                        fields=d.fields, shuffle_rows=d.shuffle_rows,
+                                        pack=d.pack, truncate=d.truncate), seed)
 
 
 def example_eval_set(records: Sequence, to_example: Any, config: ml_collections.ConfigDict,
@@ -348,18 +356,8 @@ def padded_stream(records: Sequence, to_row: Any, *, shard: int, num_shards: int
   """Input stream `shard` of `num_shards`: `to_row(record)` gives one row of fixed-shape arrays
   (or None to skip the record); batches of `rows` of them. Shuffled per epoch and read i,
   i + S, ... like `stream`; nothing is packed."""
-  examples = grain.MapDataset.source(records).shuffle(seed=seed)
-  examples = examples.repeat(None)[shard::num_shards].map(to_row).to_iter_dataset(
-      grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=64 * rows))
-  if data.num_workers:
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    examples = examples.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-  batches = examples.batch(rows, drop_remainder=True)
-  if data.prefetch:
-    batches = grain_experimental.ThreadPrefetchIterDataset(batches,
-                                                           prefetch_buffer_size=data.prefetch)
-  return batches
+  return _batched(_mapped(records, to_row, shard=shard, num_shards=num_shards, rows=rows,
+                          seed=seed, data=data), rows, data)
 
 
 def padded_batches(records: Sequence, to_row: Any, config: ml_collections.ConfigDict,
