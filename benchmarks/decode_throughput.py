@@ -6,7 +6,7 @@
 
 Both sides decode the same model with the same weights: lm's random initialisation (or,
 for a shape `workdir:DIR`, the parameters of an lm workdir such as an imported real model),
-exported with `lm.interop.hf.save` and loaded by `transformers.LlamaForCausalLM` (float32,
+exported with `lm.interop.hf_export.save` and loaded by `transformers.LlamaForCausalLM` (float32,
 SDPA attention, `torch.set_num_threads(os.cpu_count())` unless --hf_threads says otherwise). Each batch row is a prompt of
 `prompt_len` random tokens; both generate exactly `new_tokens` tokens greedily (lm: no stop
 tokens; HF: `min_new_tokens=max_new_tokens`), timed end to end, prompt processing
@@ -43,7 +43,7 @@ import transformers
 from lm.data.tokenizer import ByteTokenizer
 from lm.infer.engine import Engine
 from lm.infer.sampling import GREEDY
-from lm.interop import hf as hf_lib
+from lm.interop import hf_export
 from lm.model import Decoder, ModelConfig, presets
 from lm.train import state as state_lib
 
@@ -99,7 +99,7 @@ def bytes_per_step(config: ModelConfig, params, batch: int) -> float:
 def hf_model(config: ModelConfig, params) -> transformers.PreTrainedModel:
   """lm's parameters as a transformers model, through lm's own exporter."""
   with tempfile.TemporaryDirectory() as directory:
-    hf_lib.save(directory, config, params)
+    hf_export.save(directory, config, params)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32, attn_implementation="sdpa")
   return model.eval()

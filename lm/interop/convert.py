@@ -25,6 +25,7 @@ import ml_collections
 from lm import config as config_lib
 from lm.data import tokenizer as tokenizer_lib
 from lm.interop import hf
+from lm.interop import hf_export
 from lm.interop import peft
 from lm.model import Decoder, ModelConfig
 from lm.model import lora as lora_lib
@@ -110,7 +111,7 @@ def export_hf(workdir: str, hf_dir: str, dtype: str = "float32",
   base_path = epath.Path(workdir) / "hf_config.json"
   base = json.loads(base_path.read_text()) if base_path.exists() else None
   tokenizer = tokenizer_lib.get(config.data.tokenizer)
-  hf.save(hf_dir, model_config, params, tokenizer, base, dtype, max_shard_bytes)
+  hf_export.save(hf_dir, model_config, params, tokenizer, base, dtype, max_shard_bytes)
   return model_config
 
 

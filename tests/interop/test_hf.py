@@ -21,6 +21,7 @@ import torch
 import transformers
 
 from lm.interop import hf
+from lm.interop import hf_export
 from lm.model import Decoder
 from tests.interop import hf_models
 
@@ -128,7 +129,7 @@ def test_greedy_continuations_are_identical(family, rng):
 
 
 def test_export_is_loaded_by_transformers(family, tmp_path, rng):
-  hf.save(str(tmp_path), family.config, family.params, max_shard_bytes=64 << 10)
+  hf_export.save(str(tmp_path), family.config, family.params, max_shard_bytes=64 << 10)
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(
       str(tmp_path), attn_implementation="eager").eval()
@@ -144,7 +145,7 @@ def test_bfloat16_checkpoint_loads_exactly(tmp_path):
   model = hf_models.make_model("llama", seed=1, dtype=torch.bfloat16)
   hf_models.save(model, str(tmp_path / "bf16"))
   config, params = hf.load(str(tmp_path / "bf16"))
-  hf.save(str(tmp_path / "back"), config, params)
+  hf_export.save(str(tmp_path / "back"), config, params)
   from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
   back = load_file(str(tmp_path / "back" / "model.safetensors"))
   for name, tensor in model.state_dict().items():
