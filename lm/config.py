@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dpo.loss = "sigmoid"             # sigmoid | ipo | hinge
   config.dpo.beta = 0.1                   # strength of the pull towards the reference
   config.dpo.label_smoothing = 0.0        # sigmoid: the assumed fraction of flipped labels
+  config.dpo.precompute_reference = False # the reference's log-probs of every pair computed
+                                          # once before training (saved in the workdir): no
+                                          # frozen copy of the model in memory
 
   # stage="reward" (lm/stages/reward.py): a scalar head on the decoder, Bradley-Terry loss.
   config.reward = ml_collections.ConfigDict()

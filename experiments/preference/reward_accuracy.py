@@ -21,8 +21,10 @@ def accuracy(workdir: str) -> dict:
   rejected = model.score_batch([p["prompt"] for p in pairs], [p["rejected"] for p in pairs])
   right = collections.defaultdict(list)
   for pair, c, r in zip(pairs, chosen, rejected):
-    for key in ("all", f"kind/{pair['kind']}", f"task/{pair['task']}"):
-      right[key].append(bool(c > r))
+    for key in ("all", f"kind/{pair['kind']}", f"task/{pair['task']}",
+                f"correct_by_task/{pair['task']}" if pair["kind"] == "correct" else None):
+      if key:
+        right[key].append(bool(c > r))
   return {key: round(sum(v) / len(v), 4) for key, v in sorted(right.items())}
 
 

@@ -17,17 +17,25 @@ Metrics carry TRL's names: rewards/chosen and rewards/rejected (beta times the l
 each reply), rewards/margins, rewards/accuracies (how often the chosen reply's reward is the
 higher), logps/chosen and logps/rejected (the policy's). Start from an SFT or imported model
 with `init_from`: it is both the policy's start and the reference.
+
+With LoRA (lm/stages/lora.py) the reference is the base with the adapters off, and no copy is
+kept (`frozen_is_start`). With `dpo.precompute_reference=True` no copy is kept either: the
+reference scores every pair once before training (lm/stages/reference.py) and the batches
+carry its log-probs.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from lm.data import pipeline as pipeline_lib
 from lm.model import Decoder, ModelConfig
 from lm.stages import pairs
+from lm.stages import reference as reference_lib
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -79,28 +87,80 @@ class Stage(pairs.PairStage):
     if not config.init_from:
       logging.warning("stage='dpo' without init_from: the reference is a random model")
     self.loss_type, self.beta, self.label_smoothing = d.loss, d.beta, d.label_smoothing
+    self.precompute = d.precompute_reference
+    # The frozen tree is the model at its start, read like `params` (LoRA: the adapters off).
+    self.frozen_is_start = not self.precompute
+    self.tables: dict[str, np.ndarray] = {}   # precomputed: split -> reference log-probs [N, 2]
     self.metric_weights = {"loss": "weight", **{name: "weight" for name in METRICS}}
 
   def make_model(self, model_config: ModelConfig) -> Decoder:
     return Decoder(model_config)
 
   def partition(self, params: Any) -> tuple[Any, Any]:
+    if self.precompute:
+      return params, None
     return params, jax.tree.map(_copy, params)
 
-  def _logps(self, apply: Callable, params: Any, batch: pairs.Batch
-             ) -> tuple[jax.Array, jax.Array]:
-    """(chosen, rejected) log-probs [B] of the replies under `params`: one forward pass."""
+  def _summed_logps(self, apply: Callable, params: Any, batch: pairs.Batch) -> jax.Array:
+    """[2B] summed reply log-probs, chosen rows then rejected rows: one forward pass."""
     nll, _ = apply(params, pairs.both_sides(batch, "inputs"),
                    targets=pairs.both_sides(batch, "targets"))              # [2B, T]
-    mask = pairs.both_sides(batch, "loss_mask")                             # [2B, T]
-    logps = pairs.reply_logps(nll, mask)
+    return pairs.reply_logps(nll, pairs.both_sides(batch, "loss_mask"))
+
+  def _per_loss(self, logps: jax.Array, batch: pairs.Batch) -> tuple[jax.Array, jax.Array]:
+    """(chosen, rejected) [B] as the loss reads them: IPO's averaged per reply token."""
     if self.loss_type == "ipo":
-      logps = logps / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-    return jnp.split(logps, 2)
+      logps = logps / jnp.maximum(jnp.sum(pairs.both_sides(batch, "loss_mask"), axis=-1), 1.0)
+    return tuple(jnp.split(logps, 2))
+
+  def _reference_logps(self, apply: Callable, params: Any, batch: pairs.Batch) -> jax.Array:
+    """[B, 2] summed (chosen, rejected) log-probs: what the precomputed tables hold."""
+    return jnp.stack(jnp.split(self._summed_logps(apply, params, batch), 2), axis=-1)
+
+  def _reference(self, apply: Callable, frozen: Any, batch: pairs.Batch
+                 ) -> tuple[jax.Array, jax.Array]:
+    if "chosen_reference" in batch:  # precomputed (lm/stages/reference.py)
+      logps = pairs.both_sides(batch, "reference")
+    else:
+      logps = self._summed_logps(apply, frozen, batch)
+    return jax.lax.stop_gradient(self._per_loss(logps, batch))
+
+  def prepare(self, setup: Any, workdir: str, run: reference_lib.RunAtStart) -> None:
+    """With dpo.precompute_reference: the reference log-probs of every pair, read from the
+    workdir or computed by the model at its start (before the batches exist)."""
+    if not self.precompute:
+      return
+    splits = {"train": setup.source.train, "eval": setup.source.eval}
+    self.tables = reference_lib.load_or_compute(workdir, splits, setup.config, self.row,
+                                                setup.rows, run, self._reference_logps)
+
+  def _with_reference(self, records: Sequence, split: str) -> Sequence:
+    if not self.precompute:
+      return records
+    table = self.tables.get(split)
+    if table is None or len(table) != len(records):
+      raise RuntimeError(f"dpo.precompute_reference: no reference log-probs for these {split} "
+                         "records (the loop calls Stage.prepare first)")
+    return reference_lib.WithReference(records, table)
+
+  def train_batches(self, records: Sequence, config: ml_collections.ConfigDict, rows: slice,
+                    seed: int) -> pipeline_lib.Batches:
+    return super().train_batches(self._with_reference(records, "train"), config, rows, seed)
+
+  def eval_set(self, records: Sequence, config: ml_collections.ConfigDict,
+               rows: slice) -> pipeline_lib.EvalSet:
+    return super().eval_set(self._with_reference(records, "eval"), config, rows)
+
+  def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
+    batch = pairs.example_batch(batch_size, seq_len)
+    if self.precompute:
+      batch.update({f"{side}_reference": np.zeros(batch_size, np.float32)
+                    for side in pairs.SIDES})
+    return batch
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch):
-    chosen, rejected = self._logps(apply, params, batch)
-    ref_chosen, ref_rejected = jax.lax.stop_gradient(self._logps(apply, frozen, batch))
+    chosen, rejected = self._per_loss(self._summed_logps(apply, params, batch), batch)
+    ref_chosen, ref_rejected = self._reference(apply, frozen, batch)
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
         self.label_smoothing)

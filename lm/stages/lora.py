@@ -5,7 +5,9 @@ The wrapped stage keeps its batches, loss and metrics; the wrapper adapts its mo
 base) frozen, beside the stage's own frozen tree if it has one:
 `frozen = {"base": base, "stage": the stage's frozen tree}`. The stage's loss sees an `apply`
 that joins the adapters it differentiates with the base, so it is written once for full
-training and LoRA alike. Dropout on the adapters' input runs in the training loss alone, which
+training and LoRA alike. A stage whose frozen tree is a copy of the model at its start (DPO's
+reference: `frozen_is_start`) keeps no copy: its reference is the base with the adapters off
+(zero adapters, which add exactly nothing), as PEFT's `disable_adapter` gives TRL. Dropout on the adapters' input runs in the training loss alone, which
 passes the dropout key; evaluation passes none.
 """
 
@@ -68,7 +70,20 @@ class LoraStage:
                        "(paths look like layers/attention/query, layers/mlp/wo, lm_head)")
     if self.quantize:
       base = quant.quantize_tree(base, self._shapes, self.quantize, self.double_quant)
+    if self._frozen_is_start:  # the start is the base: the adapters off (`_inner_frozen`)
+      frozen = None
     return adapters, ({"base": base} if frozen is None else {"base": base, "stage": frozen})
+
+  @property
+  def _frozen_is_start(self) -> bool:
+    return getattr(self.inner, "frozen_is_start", False)
+
+  def _inner_frozen(self, params: Any, frozen: Any) -> Any:
+    """The frozen tree the inner stage reads: its own, or for a copy of the start, the
+    adapters set to zero (the adapted model then computes the base alone, exactly)."""
+    if self._frozen_is_start:
+      return jax.tree.map(jnp.zeros_like, params)
+    return frozen.get("stage")
 
   def _apply(self, apply: Callable, frozen: Any, rngs: dict | None) -> Callable:
     def adapted(params, tokens, **kwargs):
@@ -80,11 +95,12 @@ class LoraStage:
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
     rngs = {"dropout": _dropout_key(self.seed, batch)} if self.lora.dropout else None
-    return self.inner.loss(self._apply(apply, frozen, rngs), params, frozen.get("stage"), batch)
+    return self.inner.loss(self._apply(apply, frozen, rngs), params,
+                           self._inner_frozen(params, frozen), batch)
 
   def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
-    return self.inner.eval_sums(self._apply(apply, frozen, None), params, frozen.get("stage"),
-                                batch)
+    return self.inner.eval_sums(self._apply(apply, frozen, None), params,
+                                self._inner_frozen(params, frozen), batch)
 
 
 def wrap(stage_type: StageType, config: ml_collections.ConfigDict) -> StageType:

@@ -14,7 +14,9 @@ against row). Per side the batch holds
   <side>_last       [B] int32       the position of the reply's last token (a reward head
                                     reads there, having seen the whole prompt and reply)
 
-and `margin`, `p_chosen`, `weight` [B] float32 (weight 1 for a pair, 0 for the empty rows
+and `margin`, `p_chosen`, `weight` [B] float32, and, when the records carry the reference's
+log-probs (DPO's precomputed reference, lm/stages/reference.py), `chosen_reference` and
+`rejected_reference` [B] float32 (weight 1 for a pair, 0 for the empty rows
 that fill the last held-out batch: every sum a stage reports is weighted by it). A conversation longer than `train.seq_len` tokens
 loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
 so is a pair whose reply would keep no token.
@@ -32,6 +34,7 @@ from lm.data import formats
 from lm.data import pipeline as pipeline_lib
 
 SIDES = ("chosen", "rejected")
+REFERENCE = "reference_logps"   # a record field: the reference's summed log-probs [2]
 Batch = dict[str, jax.Array]
 
 
@@ -79,6 +82,8 @@ class PairRow:
     messages, chosen, rejected, margin, p_chosen = formats.preference_of(record)
     row = {"margin": np.float32(margin), "p_chosen": np.float32(p_chosen),
            "weight": np.float32(1.0)}
+    if REFERENCE in record:
+      row.update({f"{side}_reference": np.float32(v) for side, v in zip(SIDES, record[REFERENCE])})
     for side, reply in zip(SIDES, (chosen, rejected)):
       rendered = self.side(messages, reply)
       if rendered is None:
@@ -103,6 +108,7 @@ class PairStage:
   """The data side of a preference stage: records, checks, padded pair batches."""
 
   fields = formats.PREFERENCE_FIELDS
+  rows_per_example = 2   # chosen and rejected: tokens/s counts both
 
   def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
     self.tokenizer = tokenizer
@@ -118,7 +124,7 @@ class PairStage:
   def eval_set(self, records: Sequence, config: ml_collections.ConfigDict,
                rows: slice) -> pipeline_lib.EvalSet:
     padding = {key: np.zeros_like(value[0])
-               for key, value in example_batch(1, config.train.seq_len).items()}
+               for key, value in self.example_batch(1, config.train.seq_len).items()}
     return pipeline_lib.padded_eval_set(records, self.row, config, rows, padding)
 
   def example_batch(self, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:

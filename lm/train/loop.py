@@ -219,10 +219,43 @@ def load_init_from(setup: Setup) -> Any:
                                setup.model_shardings)
 
 
+def start_params(setup: Setup) -> Any:
+  """The model's whole parameter tree at step 0: `init_from`'s, else initialised from the
+  seed (as `create_train_state` does)."""
+  if setup.config.init_from:
+    return load_init_from(setup)
+  return jax.jit(lambda key: nn.unbox(state_lib.init_params(setup.model, key)),
+                 out_shardings=setup.model_shardings)(jax.random.key(setup.config.seed))
+
+
+class StartModel:
+  """Runs `fn(apply, params, batch)` with the model at step 0 (built on first use) on this
+  process's rows of a global batch, and returns the result on the host, whole: a stage's
+  one-off work before training (`Stage.prepare`, e.g. DPO's precomputed reference)."""
+
+  def __init__(self, setup: Setup):
+    self.setup = setup
+    self._params = None
+    self._compiled: dict[Callable, Callable] = {}
+
+  def __call__(self, fn: Callable, batch: dict) -> Any:
+    if self._params is None:
+      self._params = start_params(self.setup)
+    if fn not in self._compiled:
+      model = self.setup.model
+      self._compiled[fn] = jax.jit(
+          lambda p, b: fn(lambda q, t, **kw: model.apply({"params": q}, t, **kw), p, b),
+          out_shardings=rules_lib.replicated(self.setup.mesh))
+    return jax.device_get(self._compiled[fn](self._params, self.setup.to_global(batch)))
+
+
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
   """(state, training batches, restored): the newest checkpoint in `workdir` with its data
   position, else step 0 from `init_from`'s parameters or a fresh initialisation."""
   config, stage = setup.config, setup.stage
+  prepare = getattr(stage, "prepare", None)
+  if prepare is not None:  # before its batches exist; it may keep what it makes in `workdir`
+    prepare(setup, workdir, StartModel(setup))
   train_data = setup.train_batches(config.seed)
   # Checkpoints hold the state without its frozen tree, which is written once (save_frozen).
   restored = checkpoint_lib.restore_latest(manager, setup.abstract_state.replace(frozen=None),
@@ -252,6 +285,12 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
   return state, train_data, restored is not None
 
 
+def tokens_per_step(stage: Stage | StageType, train_config: ml_collections.ConfigDict) -> int:
+  """Tokens in one training batch: a pair stage's example is two rows (chosen, rejected),
+  and tokens/s and MFU count both."""
+  return train_config.batch_size * getattr(stage, "rows_per_example", 1) * train_config.seq_len
+
+
 def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_data, manager,
               restored: bool) -> dict[str, Any]:
   """The step loop, from the state's step to `train.steps`; returns the last metrics."""
@@ -266,8 +305,8 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
                       in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
   eval_set = stage.eval_set(setup.source.eval, config, setup.rows)
   eval_data = [setup.to_global(b) for b in eval_set.batches]
-  flops_per_step = (state_lib.flops_per_token(setup.model_config, t.seq_len)
-                    * t.batch_size * t.seq_len)
+  tokens = tokens_per_step(stage, t)
+  flops_per_step = state_lib.flops_per_token(setup.model_config, t.seq_len) * tokens
   peak_flops = metrics_lib.peak_flops_per_device(t.peak_flops) * mesh.size
 
   start_step, skipped = (int(x) for x in jax.device_get((state.step, state.guard.skipped)))
@@ -311,7 +350,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
           seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
         else:  # only the compiling step so far
           seconds_per_step = first_step_seconds
-        host_metrics["tokens_per_sec"] = t.batch_size * t.seq_len / seconds_per_step
+        host_metrics["tokens_per_sec"] = tokens / seconds_per_step
         host_metrics["mfu"] = flops_per_step / seconds_per_step / peak_flops
         writer.write(done, host_metrics)
         newly_skipped = int(host_metrics["skipped_updates"]) - skipped

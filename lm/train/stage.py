@@ -54,6 +54,13 @@ class Stage(Protocol):
   #                         model's "decoder"); the rest is initialised fresh. Absent: all.
   #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
   #                         (the source adds the file and line), while the source is prepared
+  #   rows_per_example: int the rows one example of the batch takes (a preference pair: 2):
+  #                         tokens/s and MFU count the tokens of all of them. Absent: 1.
+  #   frozen_is_start: bool the frozen tree is a copy of the model at its start, read like the
+  #                         params (DPO's reference); LoRA then keeps no copy: adapters off.
+  #   prepare(setup, workdir, run)  one-off work before the batches exist, e.g. scoring the
+  #                         records with the model at step 0 (`run(fn, batch)`, the loop's
+  #                         StartModel); what it computes it may keep in `workdir` for resume
 
   def make_model(self, model_config: ModelConfig) -> nn.Module:
     """The module trained: the Decoder, or the Decoder with a head."""

@@ -190,3 +190,108 @@ def test_padding_rows_of_the_held_out_set_weigh_nothing(data_cache):
   assert metrics["eval_loss"] == pytest.approx(np.mean(losses), abs=1e-5)
   assert metrics["eval_margin"] == pytest.approx(np.mean([float((c - r)[0]) for c, r in alone]),
                                                  abs=1e-5)
+
+
+def _logps_numpy(logits, batch, side):
+  """Summed reply log-probs [B] from logits [B, T, V], in float64 numpy."""
+  logits = np.asarray(logits, np.float64)
+  logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  picked = np.take_along_axis(logits, np.asarray(batch[f"{side}_targets"])[..., None], -1)[..., 0]
+  return ((picked - logz) * np.asarray(batch[f"{side}_loss_mask"])).sum(-1)
+
+
+def test_lora_dpo_reference_is_the_base_with_the_adapters_off(data_cache):
+  """With LoRA the frozen tree holds the base alone (no second copy), and the reference
+  log-probs DPO reads are the plain Decoder's on that base, while the policy's (trained,
+  non-zero adapters) differ."""
+  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from lm.model import Decoder, lora  # pylint: disable=import-outside-toplevel
+  from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  config = pair_config(data_cache, "dpo", lora__rank=4, dpo__beta=0.5)
+  stage = stages.for_config(config)(config, tokenizer_lib.get("byte"))
+  model_config = config_lib.model_config(config)
+  model = stage.make_model(model_config)
+  params = jax.tree.map(lambda x: x.value, state_lib.init_params(model, jax.random.key(1)),
+                        is_leaf=lambda x: hasattr(x, "value"))
+  trainable, frozen = stage.partition(params)
+  assert set(frozen) == {"base"}
+  keys = iter(jax.random.split(jax.random.key(2), 100))
+  trainable = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape), trainable)
+  batch = stage.eval_set(preferences.records("eval")[:4], config, slice(0, 4)).batches[0]
+  apply = lambda p, tokens, **kw: model.apply({"params": p}, tokens, **kw)
+  sums = jax.jit(lambda t, f, b: stage.loss(apply, t, f, b)[1])(trainable, frozen, batch)
+  base = jax.jit(Decoder(model_config).apply)
+  adapted = jax.jit(model.apply)
+  for side in pairs.SIDES:
+    reference = _logps_numpy(base({"params": frozen["base"]}, batch[f"{side}_inputs"]),
+                             batch, side)
+    policy = _logps_numpy(adapted({"params": lora.join(trainable, frozen["base"])},
+                                  batch[f"{side}_inputs"]), batch, side)
+    assert np.abs(policy - reference).min() > 0.1   # the adapters change the policy
+    assert float(sums[f"logps/{side}"]) == pytest.approx(policy.sum(), abs=1e-3)
+    got_reference = float(sums[f"logps/{side}"] - sums[f"rewards/{side}"] / 0.5)
+    assert got_reference == pytest.approx(reference.sum(), abs=1e-3)
+
+
+def test_lora_dpo_trains_the_adapters(data_cache, tmp_path):
+  """Two LoRA DPO steps (the first at learning rate 0): the first starts at log 2 (the
+  policy is its reference), the adapters move and the held-out loss falls, and frozen/ holds
+  the base alone."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from lm.train import checkpoint  # pylint: disable=import-outside-toplevel
+  workdir = str(tmp_path)
+  metrics = stages.train_and_evaluate(
+      pair_config(data_cache, "dpo", lora__rank=4, train__steps=2, train__lr=1e-2), workdir)
+  assert first_metrics(workdir)["loss"] == pytest.approx(np.log(2), abs=1e-6)
+  assert metrics["eval_loss"] < np.log(2) - 0.01 and metrics["eval_rewards/margins"] > 0
+  with ocp.StandardCheckpointer() as checkpointer:
+    frozen = checkpointer.restore(os.path.join(workdir, checkpoint.FROZEN_DIR))
+    state = checkpointer.restore(os.path.join(workdir, "checkpoints", "2", "state"))
+  assert set(frozen) == {"base"}
+  adapters = jax.tree_util.tree_leaves_with_path(state["params"])
+  assert adapters and all("_lora_" in jax.tree_util.keystr(p) for p, _ in adapters)
+  assert all(np.abs(v).sum() > 0 for p, v in adapters if "_lora_b" in jax.tree_util.keystr(p))
+
+
+def test_precomputed_reference_gives_the_live_reference_losses(data_cache, tmp_path):
+  """dpo.precompute_reference: the same losses and metrics as the frozen copy, step by step
+  and held out; no frozen tree (in the state, on disk, in `lm plan`); a resumed run reads
+  the saved log-probs instead of computing them; tokens/s counts both replies."""
+  from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from lm.data import preferences  # pylint: disable=import-outside-toplevel
+  from lm.stages import reference  # pylint: disable=import-outside-toplevel
+  from lm.train import checkpoint  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "pairs.jsonl"
+  path.write_text("".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
+                          for r in preferences.records("eval")[:40]))
+  runs = {}
+  for precompute in (False, True):
+    config = pair_config(data_cache, "dpo", data__source=f"jsonl:{path}", train__steps=3,
+                         train__lr=1e-2, train__eval_every=3, dpo__precompute_reference=precompute)
+    workdir = str(tmp_path / str(precompute))
+    stages.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+      runs[precompute] = [json.loads(line) for line in f]
+    assert os.path.exists(os.path.join(workdir, checkpoint.FROZEN_DIR)) != precompute
+    assert os.path.exists(os.path.join(workdir, reference.FILE)) == precompute
+  for live, pre in zip(runs[False], runs[True]):
+    for name in ("loss", "rewards/margins", "rewards/chosen", "eval_loss",
+                 "eval_rewards/accuracies", "eval_rewards/margins"):
+      if name in live:
+        assert pre[name] == pytest.approx(live[name], abs=1e-5), name
+  assert any("eval_loss" in m for m in runs[True])
+  from lm.train import loop  # pylint: disable=import-outside-toplevel
+  assert loop.tokens_per_step(stages.get("dpo"), config.train) == 4 * 2 * 64  # both replies
+
+  workdir = str(tmp_path / "True")
+  saved = os.path.getmtime(os.path.join(workdir, reference.FILE))
+  resumed = stages.train_and_evaluate(pair_config(
+      data_cache, "dpo", data__source=f"jsonl:{path}", train__steps=4, train__lr=1e-2,
+      train__eval_every=3, dpo__precompute_reference=True), workdir)
+  assert resumed["step"] == 4
+  assert os.path.getmtime(os.path.join(workdir, reference.FILE)) == saved
+
+  live_plan = plan_lib.plan(pair_config(data_cache, "dpo"), compile_step=False)
+  pre_plan = plan_lib.plan(pair_config(data_cache, "dpo", dpo__precompute_reference=True),
+                           compile_step=False)
+  assert live_plan.frozen == live_plan.params > 0 and pre_plan.frozen == 0
