@@ -7,12 +7,19 @@
 
 The prompts are those of the built-in tasks (lm/data/tasks.py), with their train / held-out
 split, so a held-out prompt never occurs in training. Each prompt gets one pair of replies
-of one kind, drawn from the seed:
+of one kind, drawn from the seed; the two replies of a pair differ in the one thing the kind
+is about (minimal pairs), so no other feature of a reply predicts the preference:
 
-  correct   a correct reply against a wrong one (a nearby number, a changed letter)
+  correct   a correct reply against a wrong one (a nearby number, a changed letter) of the
+            same form: both bare, or both padded with the same pleasantry
   concise   the bare answer against the same answer padded with a pleasantry
-  banned    a correct reply with a banned word against a clean wrong one: the rule that a
-            banned word loses outweighs correctness
+  banned    a correct reply against the same reply with a banned word
+
+(The first version paired a bare wrong reply with a correct one that was padded half the
+time, so in correct-vs-wrong pairs the shorter reply won half the time and length predicted
+most preferences; and its banned pairs preferred a clean WRONG reply to a correct one with a
+banned word, which DPO learns as "raise wrong answers". The true reward below is unchanged:
+it still ranks a correct reply with a banned word below a clean wrong one.)
 
 `chosen` is the reply the true reward prefers; with label noise p, the two are swapped in a
 fraction p of the pairs (drawn from the seed), as careless raters would. The true reward is
@@ -67,12 +74,15 @@ def _padded(answer: str, rng: np.random.Generator) -> str:
 def _pair(answer: str, kind: str, rng: np.random.Generator) -> tuple[str, str]:
   """(better, worse) replies of one kind."""
   if kind == "correct":
-    good = answer if rng.integers(2) else _padded(answer, rng)
-    return good, _wrong(answer, rng)
+    wrong = _wrong(answer, rng)
+    if rng.integers(2):
+      return answer, wrong
+    padding = PADDING[int(rng.integers(len(PADDING)))]
+    return f"{answer}, {padding}", f"{wrong}, {padding}"
   if kind == "concise":
     return answer, _padded(answer, rng)
   banned = BANNED[int(rng.integers(len(BANNED)))]
-  return _wrong(answer, rng), f"{answer} {banned}"
+  return answer, f"{answer} {banned}"
 
 
 def records(split: str, seed: int = 0, noise: float = 0.0,

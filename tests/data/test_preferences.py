@@ -36,6 +36,23 @@ def test_chosen_is_the_truly_better_reply_and_noise_swaps_the_set_fraction():
   assert not held_out & {r["prompt"] for r in preferences.records("train")}
 
 
+def test_the_replies_of_a_pair_differ_only_in_what_its_kind_is_about():
+  """Minimal pairs: correct-vs-wrong replies have the same form (length does not predict the
+  preference); a concise or clean reply is the start of the reply it beats."""
+  records = preferences.records("eval")
+  for r in records:
+    chosen, rejected = r["chosen"], r["rejected"]
+    if r["kind"] == "correct":
+      assert len(chosen.split()) == len(rejected.split()), r
+      assert chosen.removeprefix(r["answer"]) == rejected[len(rejected) - len(chosen)
+                                                           + len(r["answer"]):], r
+    else:
+      assert rejected.startswith(chosen + ("," if r["kind"] == "concise" else " ")), r
+  correct = [r for r in records if r["kind"] == "correct"]
+  padded = np.mean(["," in r["chosen"] for r in correct])
+  assert 0.3 < padded < 0.7
+
+
 def data_config(tmp_path, source: str) -> ml_collections.ConfigDict:
   config = config_lib.base_config().data
   config.source, config.cache_dir = source, str(tmp_path / "cache")
