@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dpo.loss = "sigmoid"             # sigmoid | ipo | hinge
   config.dpo.beta = 0.1                   # strength of the pull towards the reference
   config.dpo.label_smoothing = 0.0        # sigmoid: the assumed fraction of flipped labels
+  config.dpo.rpo_alpha = 0.0              # + alpha * NLL per token of the chosen reply (RPO)
   config.dpo.precompute_reference = False # the reference's log-probs of every pair computed
                                           # once before training (saved in the workdir): no
                                           # frozen copy of the model in memory

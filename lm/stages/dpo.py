@@ -13,6 +13,10 @@ log ref(y_r)):
   ipo      (h - 1 / (2 beta))^2, on log-probs averaged per reply token (as TRL and the paper)
   hinge    max(0, 1 - beta h)
 
+plus, with `dpo.rpo_alpha` (TRL's name; Pang et al. 2024, "Iterative Reasoning Preference
+Optimization"), alpha times the chosen reply's negative log-likelihood per token, which keeps
+the chosen replies likely while their margin grows (reported as `nll_loss` either way).
+
 Metrics carry TRL's names: rewards/chosen and rewards/rejected (beta times the log-ratio of
 each reply), rewards/margins, rewards/accuracies (how often the chosen reply's reward is the
 higher), logps/chosen and logps/rejected (the policy's). Start from an SFT or imported model
@@ -39,7 +43,7 @@ from lm.stages import reference as reference_lib
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-           "logps/chosen", "logps/rejected")
+           "logps/chosen", "logps/rejected", "nll_loss")
 
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, reference_chosen: jax.Array,
@@ -86,7 +90,10 @@ class Stage(pairs.PairStage):
                        f"only, not {d.loss!r}")
     if not config.init_from:
       logging.warning("stage='dpo' without init_from: the reference is a random model")
+    if d.rpo_alpha < 0:
+      raise ValueError(f"dpo.rpo_alpha={d.rpo_alpha} must be >= 0 (0: off)")
     self.loss_type, self.beta, self.label_smoothing = d.loss, d.beta, d.label_smoothing
+    self.rpo_alpha = d.rpo_alpha
     self.precompute = d.precompute_reference
     # The frozen tree is the model at its start, read like `params` (LoRA: the adapters off).
     self.frozen_is_start = not self.precompute
@@ -159,11 +166,16 @@ class Stage(pairs.PairStage):
     return batch
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch):
-    chosen, rejected = self._per_loss(self._summed_logps(apply, params, batch), batch)
+    policy = self._summed_logps(apply, params, batch)                       # [2B]
+    chosen, rejected = self._per_loss(policy, batch)
     ref_chosen, ref_rejected = self._reference(apply, frozen, batch)
     losses, chosen_rewards, rejected_rewards = dpo_loss(
         chosen, rejected, ref_chosen, ref_rejected, self.beta, self.loss_type,
         self.label_smoothing)
+    # RPO: the chosen reply's negative log-likelihood per token, keeping it likely.
+    nll = -jnp.split(policy, 2)[0] / jnp.maximum(jnp.sum(batch["chosen_loss_mask"], -1), 1.0)
+    if self.rpo_alpha:
+      losses = losses + self.rpo_alpha * nll
     chosen_rewards, rejected_rewards = (jax.lax.stop_gradient(chosen_rewards),
                                         jax.lax.stop_gradient(rejected_rewards))
     w = batch["weight"]                                    # [B]: 0 on padding rows
@@ -173,7 +185,8 @@ class Stage(pairs.PairStage):
             "rewards/margins": jnp.sum(w * (chosen_rewards - rejected_rewards)),
             "rewards/accuracies": jnp.sum(w * (chosen_rewards > rejected_rewards)),
             "logps/chosen": jnp.sum(w * jax.lax.stop_gradient(chosen)),
-            "logps/rejected": jnp.sum(w * jax.lax.stop_gradient(rejected))}
+            "logps/rejected": jnp.sum(w * jax.lax.stop_gradient(rejected)),
+            "nll_loss": jnp.sum(w * jax.lax.stop_gradient(nll))}
     return sums["loss"], sums
 
   def eval_sums(self, apply: Callable, params: Any, frozen: Any, batch: pairs.Batch

@@ -295,3 +295,28 @@ def test_precomputed_reference_gives_the_live_reference_losses(data_cache, tmp_p
   pre_plan = plan_lib.plan(pair_config(data_cache, "dpo", dpo__precompute_reference=True),
                            compile_step=False)
   assert live_plan.frozen == live_plan.params > 0 and pre_plan.frozen == 0
+
+
+def test_rpo_adds_alpha_times_the_chosen_nll_per_token(data_cache):
+  """dpo.rpo_alpha: the summed loss grows by alpha x each chosen reply's negative
+  log-likelihood per token (from the Decoder's logits, in numpy), and nothing else moves."""
+  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from lm.model import Decoder  # pylint: disable=import-outside-toplevel
+  from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  sums = {}
+  for alpha in (0.0, 0.7):
+    config = pair_config(data_cache, "dpo", dpo__rpo_alpha=alpha)
+    stage = dpo.Stage(config, tokenizer_lib.get("byte"))
+    model = Decoder(config_lib.model_config(config))
+    params = jax.tree.map(lambda x: x.value, state_lib.init_params(model, jax.random.key(1)),
+                          is_leaf=lambda x: hasattr(x, "value"))
+    trainable, frozen = stage.partition(params)
+    batch = stage.eval_set(preferences.records("eval")[:4], config, slice(0, 4)).batches[0]
+    apply = lambda p, tokens, **kw: model.apply({"params": p}, tokens, **kw)
+    sums[alpha] = jax.jit(lambda t, f, b: stage.loss(apply, t, f, b)[1])(trainable, frozen, batch)
+  chosen = _logps_numpy(jax.jit(model.apply)({"params": params}, batch["chosen_inputs"]), batch,
+                        "chosen")
+  nll = -chosen / np.asarray(batch["chosen_loss_mask"]).sum(-1)
+  assert float(sums[0.7]["loss"] - sums[0.0]["loss"]) == pytest.approx(0.7 * nll.sum(), rel=1e-4)
+  assert float(sums[0.0]["nll_loss"]) == pytest.approx(nll.sum(), rel=1e-4)
+  assert float(sums[0.7]["rewards/margins"]) == float(sums[0.0]["rewards/margins"])
