@@ -13,13 +13,16 @@ is about (minimal pairs), so no other feature of a reply predicts the preference
   correct   a correct reply against a wrong one (a nearby number, a changed letter) of the
             same form: both bare, or both padded with the same pleasantry
   concise   the bare answer against the same answer padded with a pleasantry
-  banned    a correct reply against the same reply with a banned word
+  banned    a correct reply against the same reply with a banned word after a comma
+            ("432" vs "432, honestly")
 
 (The first version paired a bare wrong reply with a correct one that was padded half the
 time, so in correct-vs-wrong pairs the shorter reply won half the time and length predicted
 most preferences; and its banned pairs preferred a clean WRONG reply to a correct one with a
-banned word, which DPO learns as "raise wrong answers". The true reward below is unchanged:
-it still ranks a correct reply with a banned word below a clean wrong one.)
+banned word, which DPO learns as "raise wrong answers". A banned word after a space,
+"432 honestly", taught DPO to end lists early: the pair lowers p(" " | a complete answer),
+and a space also follows every item of a sorted or reversed list. The true reward below is
+unchanged: it still ranks a correct reply with a banned word below a clean wrong one.)
 
 `chosen` is the reply the true reward prefers; with label noise p, the two are swapped in a
 fraction p of the pairs (drawn from the seed), as careless raters would. The true reward is
@@ -82,7 +85,7 @@ def _pair(answer: str, kind: str, rng: np.random.Generator) -> tuple[str, str]:
   if kind == "concise":
     return answer, _padded(answer, rng)
   banned = BANNED[int(rng.integers(len(BANNED)))]
-  return answer, f"{answer} {banned}"
+  return answer, f"{answer}, {banned}"
 
 
 def records(split: str, seed: int = 0, noise: float = 0.0,

@@ -47,7 +47,7 @@ def test_the_replies_of_a_pair_differ_only_in_what_its_kind_is_about():
       assert chosen.removeprefix(r["answer"]) == rejected[len(rejected) - len(chosen)
                                                            + len(r["answer"]):], r
     else:
-      assert rejected.startswith(chosen + ("," if r["kind"] == "concise" else " ")), r
+      assert rejected.startswith(chosen + ", "), r   # never a space: lists continue with one
   correct = [r for r in records if r["kind"] == "correct"]
   padded = np.mean(["," in r["chosen"] for r in correct])
   assert 0.3 < padded < 0.7
