@@ -22,7 +22,9 @@ most preferences; and its banned pairs preferred a clean WRONG reply to a correc
 banned word, which DPO learns as "raise wrong answers". A banned word after a space,
 "432 honestly", taught DPO to end lists early: the pair lowers p(" " | a complete answer),
 and a space also follows every item of a sorted or reversed list. The true reward below is
-unchanged: it still ranks a correct reply with a banned word below a clean wrong one.)
+unchanged: it still ranks a correct reply with a banned word below a clean wrong one. And a
+wrong number below 10 was always the answer plus 1-9, so in count and lookup pairs the
+smaller number always won; now a wrong number is as often below the answer as above it.)
 
 `chosen` is the reply the true reward prefers; with label noise p, the two are swapped in a
 fraction p of the pairs (drawn from the seed), as careless raters would. The true reward is
@@ -60,9 +62,10 @@ def true_reward(answer: str, reply: str) -> float:
 
 def _wrong(answer: str, rng: np.random.Generator) -> str:
   """A plausible wrong answer: a nearby number, or a list with one letter changed."""
-  if answer.isdigit():
-    delta = int(rng.integers(1, 10)) * (1 if rng.integers(2) or int(answer) < 10 else -1)
-    return str(int(answer) + delta)
+  if answer.isdigit():  # as often below the answer as above it, never negative
+    value = int(answer)
+    delta = int(rng.integers(1, 4 if value < 10 else 10)) * (1 if rng.integers(2) else -1)
+    return str(value + delta if value + delta >= 0 else value - delta)
   letters = answer.split(" ")
   i = int(rng.integers(len(letters)))
   replacement = "abcdefghijklmnopqrstuvwxyz".replace(letters[i], "")

@@ -48,6 +48,11 @@ def test_the_replies_of_a_pair_differ_only_in_what_its_kind_is_about():
                                                            + len(r["answer"]):], r
     else:
       assert rejected.startswith(chosen + ", "), r   # never a space: lists continue with one
+  numbers = [(int(r["answer"]), int(r["rejected"].split(",")[0]))
+             for r in preferences.records("train") if r["kind"] == "correct"
+             and r["answer"].isdigit()]
+  assert 0.4 < np.mean([wrong > right for right, wrong in numbers]) < 0.6  # no "smaller wins"
+  assert min(wrong for _, wrong in numbers) >= 0
   correct = [r for r in records if r["kind"] == "correct"]
   padded = np.mean(["," in r["chosen"] for r in correct])
   assert 0.3 < padded < 0.7
