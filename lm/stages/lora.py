@@ -7,8 +7,9 @@ base) frozen, beside the stage's own frozen tree if it has one:
 that joins the adapters it differentiates with the base, so it is written once for full
 training and LoRA alike. A stage whose frozen tree is a copy of the model at its start (DPO's
 reference: `frozen_is_start`) keeps no copy: its reference is the base with the adapters off
-(zero adapters, which add exactly nothing), as PEFT's `disable_adapter` gives TRL. Dropout on the adapters' input runs in the training loss alone, which
-passes the dropout key; evaluation passes none.
+(zero adapters, which add exactly nothing), as PEFT's `disable_adapter` gives TRL. Dropout
+on the adapters' input runs in the training loss alone, which passes the dropout key;
+evaluation passes none.
 """
 
 import functools

@@ -48,8 +48,10 @@ class WithReference:
 def key(config: Any, counts: dict[str, int]) -> dict:
   """What the tables depend on: a saved table with another key is computed again."""
   d, t = config.data, config.train
-  return {"init_from": config.init_from, "seed": config.seed, "model": json.loads(config.model.to_json_best_effort()),
-          "lora": json.loads(config.lora.to_json_best_effort()), "source": d.source, "fields": d.fields,
+  return {"init_from": config.init_from, "seed": config.seed,
+          "model": json.loads(config.model.to_json_best_effort()),
+          "lora": json.loads(config.lora.to_json_best_effort()), "source": d.source,
+          "fields": d.fields,
           "tokenizer": d.tokenizer, "seq_len": t.seq_len, "truncate": d.truncate,
           "counts": counts}
 

@@ -168,7 +168,8 @@ def test_reward_model_starts_from_a_workdir_with_a_fresh_head_and_scores_replies
 def test_padding_rows_of_the_held_out_set_weigh_nothing(data_cache):
   """5 held-out pairs in batches of 4: the last batch has 3 empty rows, and the metrics are
   the means over the 5 pairs, each scored alone."""
-  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lm.data import preferences, tokenizer as tokenizer_lib
   from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
   config = pair_config(data_cache, "reward", data__eval_documents=5)
   stage = reward.Stage(config, tokenizer_lib.get("byte"))
@@ -204,7 +205,8 @@ def test_lora_dpo_reference_is_the_base_with_the_adapters_off(data_cache):
   """With LoRA the frozen tree holds the base alone (no second copy), and the reference
   log-probs DPO reads are the plain Decoder's on that base, while the policy's (trained,
   non-zero adapters) differ."""
-  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lm.data import preferences, tokenizer as tokenizer_lib
   from lm.model import Decoder, lora  # pylint: disable=import-outside-toplevel
   from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
   config = pair_config(data_cache, "dpo", lora__rank=4, dpo__beta=0.5)
@@ -300,7 +302,8 @@ def test_precomputed_reference_gives_the_live_reference_losses(data_cache, tmp_p
 def test_rpo_adds_alpha_times_the_chosen_nll_per_token(data_cache):
   """dpo.rpo_alpha: the summed loss grows by alpha x each chosen reply's negative
   log-likelihood per token (from the Decoder's logits, in numpy), and nothing else moves."""
-  from lm.data import preferences, tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lm.data import preferences, tokenizer as tokenizer_lib
   from lm.model import Decoder  # pylint: disable=import-outside-toplevel
   from lm.train import state as state_lib  # pylint: disable=import-outside-toplevel
   sums = {}
