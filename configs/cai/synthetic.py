@@ -39,7 +39,7 @@ def get_config(arg: str | None = None):
   cai.num_prompts = 384
   cai.revisions = 3
   cai.few_shot = 0
-  cai.max_new_tokens = 24
+  cai.max_new_tokens = 32
   cai.batch_size = 128
   cai.helpful_ratio = 1.0
   cai.ensemble = 1
@@ -55,17 +55,17 @@ def get_config(arg: str | None = None):
   h.train.checkpoint_every = 100
   h.data.eval_documents = 200
 
-  for step, steps, lr in (("sft", 150, 1e-3), ("preference_model", 150, 1e-3),
-                          ("dpo", 100, 2e-4), ("rl", 100, 1e-4)):
+  for step, steps, lr in (("sft", 60, 1e-3), ("preference_model", 60, 1e-3),
+                          ("dpo", 60, 5e-4), ("rl", 40, 2e-4)):
     c = config[step]
     c.train.steps = steps
-    c.train.batch_size = 32
-    c.train.seq_len = 128
+    c.train.batch_size = 16
+    c.train.seq_len = 96          # a pair side: prompt <= 40 bytes, reply <= 32 tokens
     c.train.lr = lr
-    c.train.warmup_steps = 10
+    c.train.warmup_steps = 5
     c.train.eval_every = steps
-    c.train.checkpoint_every = 50
-  config.sft.train.seq_len = 256
+    c.train.checkpoint_every = 20
+  config.sft.train.seq_len = 128   # rows packed with two or three conversations
   config.dpo.dpo.beta = 0.1
   config.dpo.train.weight_decay = 0.0
   return config_lib.lock(config)

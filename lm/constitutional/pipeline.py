@@ -30,7 +30,6 @@ from lm.constitutional import constitution as constitution_lib
 from lm.constitutional import critique as critique_lib
 from lm.constitutional import evaluate as evaluate_lib
 from lm.constitutional import labels as labels_lib
-from lm.constitutional import records as records_lib
 from lm.constitutional import world
 
 
@@ -121,13 +120,18 @@ class Pipeline:
       json.dump(summary, f, indent=1)
     return summary
 
-  def _train(self, step: str, source: str, init_from: str) -> dict:
+  def _train(self, step: str, source: str, init_from: str, **overrides) -> dict:
+    """Trains the step's config on the JSONL file `source`, from `init_from`'s model;
+    `overrides` set "section.field" values (e.g. rl.reward_model)."""
     # pylint: disable=import-outside-toplevel
     from lm import stages
     config = self.config[step].copy_and_resolve_references()
     config.unlock()
     config.init_from = init_from if step != "helpful" else config.init_from
     config.data.source = f"jsonl:{source}"
+    for key, value in overrides.items():
+      section, field = key.split(".")
+      config[section][field] = value
     config.lock()
     metrics = stages.train_and_evaluate(config, self.path(step, "model"))
     return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
@@ -173,8 +177,7 @@ class Pipeline:
   def step_label(self) -> dict:
     cai = self.cai
     count = cai.num_prompts + cai.label_prompts
-    prompts = red_team_prompts(self.config, "train", count)
-    prompts = prompts[cai.num_prompts:] if cai.label_prompts else prompts
+    prompts = self._label_prompts()
     policy = self._engine(self.path("sft", "model") if "sft" not in self.skip else self.policy)
     feedback = policy if self.feedback == policy else self._engine(self.feedback)
     records = labels_lib.run(policy, feedback, self.constitution, prompts,
@@ -209,7 +212,20 @@ class Pipeline:
                                    start)}
 
   def step_rl(self) -> dict:
-    raise NotImplementedError("the GRPO stage is wired in when lm/stages has one")
+    """GRPO of the SL-CAI model with the preference model as its reward, on the label
+    prompts (each with its SL-CAI final as the reference answer GRPO's eval scores)."""
+    prompts = self._label_prompts()
+    data = _write_jsonl(self.path("rl", "prompts.jsonl"),
+                        [{"messages": list(p) + [{"role": "assistant", "content": "ok"}]}
+                         for p in prompts])
+    start = self.path("sft", "model") if "sft" not in self.skip else self.policy
+    return {"metrics": self._train("rl", data, start, **{
+        "rl.reward": "model", "rl.reward_model": self.path("preference_model", "model")})}
+
+  def _label_prompts(self) -> list[list[dict]]:
+    cai = self.cai
+    prompts = red_team_prompts(self.config, "train", cai.num_prompts + cai.label_prompts)
+    return prompts[cai.num_prompts:] if cai.label_prompts else prompts
 
   def step_dpo(self) -> dict:
     start = self.path("sft", "model") if "sft" not in self.skip else self.policy
