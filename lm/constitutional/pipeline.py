@@ -99,6 +99,7 @@ class Pipeline:
       logging.warning("no GRPO stage in this tree (lm/stages): step rl is skipped")
       self.skip.add("rl")
     self.summaries: dict[str, Any] = {}
+    self._engines: dict[str, Any] = {}
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -147,11 +148,14 @@ class Pipeline:
     return {"metrics": self._train("helpful", data, "")}
 
   def _engine(self, workdir: str):
+    """The engine of `workdir`'s model, built once per run (its programs compile once)."""
     from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-      raise FileNotFoundError(f"{workdir}: no model there (run the step that trains it, or "
-                              "set cai.policy)")
-    return Engine.from_workdir(workdir)
+    if workdir not in self._engines:
+      if not os.path.exists(os.path.join(workdir, "config.json")):
+        raise FileNotFoundError(f"{workdir}: no model there (run the step that trains it, or "
+                                "set cai.policy)")
+      self._engines[workdir] = Engine.from_workdir(workdir)
+    return self._engines[workdir]
 
   def step_critique(self) -> dict:
     prompts = red_team_prompts(self.config, "train", self.cai.num_prompts)
@@ -179,7 +183,7 @@ class Pipeline:
     count = cai.num_prompts + cai.label_prompts
     prompts = self._label_prompts()
     policy = self._engine(self.path("sft", "model") if "sft" not in self.skip else self.policy)
-    feedback = policy if self.feedback == policy else self._engine(self.feedback)
+    feedback = self._engine(self.feedback)
     records = labels_lib.run(policy, feedback, self.constitution, prompts,
                              self.path("label", "records.jsonl"),
                              labels_lib.Settings.from_config(cai))
