@@ -67,5 +67,11 @@ def get_config(arg: str | None = None):
     c.train.checkpoint_every = 20
   config.sft.train.seq_len = 128   # rows packed with two or three conversations
   config.dpo.dpo.beta = 0.1
+  rl = config.rl.rl
+  rl.group_size = 4
+  rl.max_prompt_len = 48
+  rl.max_new_tokens = 24
+  rl.beta = 0.04
+  config.rl.train.batch_size = 8        # prompts, x 4 completions
   config.dpo.train.weight_decay = 0.0
   return config_lib.lock(config)

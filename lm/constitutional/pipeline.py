@@ -30,6 +30,7 @@ from lm.constitutional import constitution as constitution_lib
 from lm.constitutional import critique as critique_lib
 from lm.constitutional import evaluate as evaluate_lib
 from lm.constitutional import labels as labels_lib
+from lm.constitutional import records as records_lib
 from lm.constitutional import world
 
 
@@ -216,12 +217,14 @@ class Pipeline:
                                    start)}
 
   def step_rl(self) -> dict:
-    """GRPO of the SL-CAI model with the preference model as its reward, on the label
-    prompts (each with its SL-CAI final as the reference answer GRPO's eval scores)."""
-    prompts = self._label_prompts()
-    data = _write_jsonl(self.path("rl", "prompts.jsonl"),
-                        [{"messages": list(p) + [{"role": "assistant", "content": "ok"}]}
-                         for p in prompts])
+    """GRPO of the SL-CAI model with the preference model as its reward, on the labelled
+    prompts; each record's assistant turn is the reply its label preferred, the reference
+    answer whose likelihood GRPO's held-out evaluation reports."""
+    labelled = [r for r in records_lib.read(self.path("label", "records.jsonl"))
+                if "p_chosen" in r]
+    data = _write_jsonl(self.path("rl", "prompts.jsonl"), [
+        {"messages": list(r["prompt"]) + [{"role": "assistant", "content": (
+            r["chosen"] if r["p_chosen"] >= 0.5 else r["rejected"])}]} for r in labelled])
     start = self.path("sft", "model") if "sft" not in self.skip else self.policy
     return {"metrics": self._train("rl", data, start, **{
         "rl.reward": "model", "rl.reward_model": self.path("preference_model", "model")})}
