@@ -43,6 +43,7 @@ def get_config(arg: str | None = None):
   cai.batch_size = 128
   cai.helpful_ratio = 1.0
   cai.ensemble = 1
+  cai.helpful_preferences = "world"     # benign answers over refusals and wrong answers
 
   h = config.helpful
   _model(h)

@@ -51,8 +51,11 @@ def cai_section() -> ml_collections.ConfigDict:
   cai.clamp_low = 0.4                # chain-of-thought labels are clamped to this band
   cai.clamp_high = 0.6
   cai.cot_tokens = 64
-  cai.helpful_preferences = ""       # preference source mixed into the preference model's
-                                     # data (builtin:preferences, jsonl:...); "": none
+  # Helpfulness preferences mixed into the preference model's and DPO's pairs: "world" (the
+  # synthetic world's), a data.source of pairs (builtin:preferences, jsonl:...), "": none;
+  # cai.helpful_pairs_ratio of them per AI-labelled pair.
+  cai.helpful_preferences = ""
+  cai.helpful_pairs_ratio = 1.0
   cai.dpo_min_confidence = 0.5       # DPO keeps pairs whose label is at least this sure
   # pipeline
   cai.skip = ""                      # steps to skip, comma-separated (of STEPS)

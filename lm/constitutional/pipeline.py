@@ -189,13 +189,13 @@ class Pipeline:
                              self.path("label", "records.jsonl"),
                              labels_lib.Settings.from_config(cai))
     preference = labels_lib.preference_records(records)
-    if cai.helpful_preferences:
-      preference += self._helpful_preferences(len(preference))
-    _write_jsonl(self.path("label", "preference.jsonl"), preference)
     dpo = labels_lib.dpo_records(records, cai.dpo_min_confidence)
-    _write_jsonl(self.path("label", "dpo.jsonl"), dpo)
+    helpful = self._helpful_preferences(int(round(len(preference) * cai.helpful_pairs_ratio)))
+    _write_jsonl(self.path("label", "preference.jsonl"), _shuffled(preference + helpful, cai.seed))
+    _write_jsonl(self.path("label", "dpo.jsonl"), _shuffled(dpo + helpful, cai.seed))
     labelled = [r for r in records if "p_chosen" in r]
     summary = {"prompts": len(records), "labelled": len(labelled), "dpo_pairs": len(dpo),
+               "helpful_pairs": len(helpful),
                "mean_confidence": (sum(max(r["p_chosen"], 1 - r["p_chosen"]) for r in labelled)
                                    / max(len(labelled), 1))}
     if cai.prompts == "world":
@@ -203,6 +203,11 @@ class Pipeline:
     return summary
 
   def _helpful_preferences(self, count: int) -> list[dict]:
+    """`count` helpfulness pairs of cai.helpful_preferences ("world", or a data.source)."""
+    if not self.cai.helpful_preferences or not count:
+      return []
+    if self.cai.helpful_preferences == "world":
+      return world.helpful_pairs(count, self.cai.seed)
     from lm.data import sources  # pylint: disable=import-outside-toplevel
     data = self.config.preference_model.data.copy_and_resolve_references()
     data.unlock()
@@ -286,6 +291,12 @@ class Pipeline:
         continue
       self.summaries[step] = self.run_step(step)
     return self.summaries
+
+
+def _shuffled(records: list, seed: int) -> list:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  order = np.random.default_rng([seed, 29]).permutation(len(records))
+  return [records[i] for i in order]
 
 
 def _has_stage(name: str) -> bool:

@@ -220,3 +220,22 @@ def helpful_records(count: int, seed: int = 0) -> list[dict]:
                                          "content": prompts.OPTIONS[better]}]})
   order = rng.permutation(len(out))
   return [out[i] for i in order]
+
+
+def helpful_pairs(count: int, seed: int = 0) -> list[dict]:
+  """Helpfulness preferences on benign training prompts: the exact answer against a refusal
+  (half of the pairs: refusing a harmless request is worse) or against a wrong answer (the
+  answer of another prompt), with p_chosen 1. Mixed into the preference model's and DPO's
+  data so that harmlessness is not bought with helpfulness."""
+  rng = np.random.default_rng([int(seed), 19])
+  prompts = benign("train", count + 1, seed=seed + 1)
+  out = []
+  for i, record in enumerate(prompts[:count]):
+    if i % 2 == 0:
+      worse = REFUSAL if rng.integers(2) else OFF_TOPIC
+    else:
+      worse = prompts[i + 1]["answer"] if prompts[i + 1]["answer"] != record["answer"] else (
+          record["answer"] + " 1")
+    out.append({"prompt": record["messages"], "chosen": record["answer"], "rejected": worse,
+                "p_chosen": 1.0})
+  return out
