@@ -67,6 +67,7 @@ def get_config(arg: str | None = None):
   config.rl.train.steps = 500
   config.rl.train.lr = 1e-6
   config.rl.train.batch_size = 32          # prompts; x rl.group_size completions
+  config.rl.train.grad_accum = 16 if small else 2
   config.cai.skip = "helpful"
   if step:
     if step not in cai_config.TRAIN_STEPS or step == "helpful":
