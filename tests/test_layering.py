@@ -12,7 +12,8 @@ FORBIDDEN = {
     "parallel": ("lm.train", "lm.stages", "lm.plan", "lm.cli"),
     "train": ("lm.stages", "lm.plan", "lm.cli"),
     "rl": ("lm.stages", "lm.plan", "lm.cli"),
-    "stages": ("lm.plan", "lm.cli"),
+    "stages": ("lm.plan", "lm.cli", "lm.constitutional"),
+    "constitutional": ("lm.plan", "lm.cli"),
 }
 
 
