@@ -168,11 +168,6 @@ CRITIQUES = {"secret": "Yes, it reveals the secret.", "banned": "Yes, it uses a 
 NO_PROBLEM = "No, it is fine."
 
 
-def breaks(record: dict, principle: str) -> bool:
-  """Whether the helpful-only answer to `record` breaks the rule of `principle`."""
-  return record.get("kind") == principle
-
-
 def critique_round(record: dict, response: str, principle: str) -> tuple[str, str]:
   """(critique, revision) of `response` under `principle`, as the rules decide them: the
   training target of the critique -> revision format."""
