@@ -61,6 +61,10 @@ class Stage(Protocol):
   #   prepare(setup, workdir, run)  one-off work before the batches exist, e.g. scoring the
   #                         records with the model at step 0 (`run(fn, batch)`, the loop's
   #                         StartModel); what it computes it may keep in `workdir` for resume
+  #   before_step(state, batch, step, workdir) -> (batch, metrics)
+  #                         called before each train step with the step's global batch: the
+  #                         batch the step trains on (RL: rollouts of the policy in `state`)
+  #                         and host-side metrics (floats) logged with the step's
 
   def make_model(self, model_config: ModelConfig) -> nn.Module:
     """The module trained: the Decoder, or the Decoder with a head."""
