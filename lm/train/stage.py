@@ -54,6 +54,14 @@ class Stage(Protocol):
   #                         model's "decoder"); the rest is initialised fresh. Absent: all.
   #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
   #                         (the source adds the file and line), while the source is prepared
+  #   load_extra(params)    the model's whole tree at step 0 with more pretrained subtrees
+  #                         filled (PPO's value model from a reward model's workdir)
+  #   make_step(setup, workdir) -> step(state, batch) -> (state, metrics): a step that is
+  #                         more than one update of `loss` (RL: rollouts, host rewards, several
+  #                         updates); called as it is, unjitted; `metrics` needs "loss" and
+  #                         "skipped_updates", and the state's step must advance by one
+  #   make_eval_step(setup) -> eval_step(params, frozen, batch) -> sums, instead of jitting
+  #                         `eval_sums` (RL: sampled replies scored on the host)
 
   def make_model(self, model_config: ModelConfig) -> nn.Module:
     """The module trained: the Decoder, or the Decoder with a head."""
