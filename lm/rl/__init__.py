@@ -1,1 +1,2 @@
-"""Reinforcement learning from the live policy (issue 16): rollouts, rewards, GRPO, PPO."""
+"""Reinforcement learning pieces the RL stages share: rollouts from the training state
+(rollout.py), reward functions (rewards.py), and pure loss math (losses.py)."""
