@@ -124,12 +124,16 @@ class PromptBatches:
     return next(self.inner)
 
   def get_state(self) -> dict:
-    return {**self.inner.get_state(), "kl_coef": self.controller.value}
+    """The inner state with every stream's position wrapped beside the coefficient (the
+    checkpoint keeps each stream's state whole, lm/train/checkpoint.py)."""
+    state = self.inner.get_state()
+    return {**state, "streams": {s: {"position": position, "kl_coef": self.controller.value}
+                                 for s, position in state["streams"].items()}}
 
   def set_state(self, state: dict) -> None:
-    self.inner.set_state(state)
-    if "kl_coef" in state:
-      self.controller.value = float(state["kl_coef"])
+    streams = state["streams"]
+    self.inner.set_state({**state, "streams": {s: v["position"] for s, v in streams.items()}})
+    self.controller.value = float(next(iter(streams.values()))["kl_coef"])
 
   def close(self) -> None:
     self.inner.close()
