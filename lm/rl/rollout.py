@@ -45,6 +45,7 @@ from lm.model import Decoder, ModelConfig
 from lm.model.attention import cache_slots
 
 LAYOUTS = ("scanned", "unrolled")
+REASONS = engine_lib.REASONS  # why a completion ended: 1 end_turn, 2 max_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +190,6 @@ def completion_texts(tokenizer: Any, tokens: np.ndarray, length: np.ndarray,
   """Each completion's text: its tokens without the stop token that ended it."""
   out = []
   for row, n, why in zip(tokens, length, reason):
-    n = int(n) - (engine_lib.REASONS.get(int(why)) == "end_turn")
+    n = int(n) - (REASONS.get(int(why)) == "end_turn")
     out.append(tokenizer.decode([int(t) for t in row[:n]]))
   return out

@@ -54,6 +54,10 @@ class Stage(Protocol):
   #                         model's "decoder"); the rest is initialised fresh. Absent: all.
   #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
   #                         (the source adds the file and line), while the source is prepared
+  #   before_step(state, batch, step, workdir) -> (batch, metrics)
+  #                         called before each train step with the step's global batch: the
+  #                         batch the step trains on (RL: rollouts of the policy in `state`)
+  #                         and host-side metrics (floats) logged with the step's
   #   load_extra(params)    the model's whole tree at step 0 with more pretrained subtrees
   #                         filled (PPO's value model from a reward model's workdir)
   #   make_step(setup, workdir) -> step(state, batch) -> (state, metrics): a step that is
