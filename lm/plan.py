@@ -381,7 +381,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
   batch_ways = _ways("act_batch", rules, sizes)
-  rows, seq_len = ((t.batch_size, seq_len) if not plan_rl.is_rl(config)
+  rows, seq_len = ((t.batch_size, t.seq_len) if not plan_rl.is_rl(config)
                    else plan_rl.update_shape(config))  # RL: one update's rows of rollouts
   micro_batch = -(-rows // t.grad_accum // batch_ways)
   batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
@@ -392,7 +392,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
   kernel = attention_kernel(model_config, seq_len, acc.platform)
-  activations = activation_bytes(model_config, micro_batch, seq_len, rules, sizes,
+  # RL losses read whole logits (log-probs and entropy of every completion token): no chunks.
+  activations = activation_bytes(model_config.replace(loss_chunk=0) if plan_rl.is_rl(config)
+                                 else model_config, micro_batch, seq_len, rules, sizes,
                                  model_axes, block_matrices, block_gathered, kernel)
 
   s = model_config.compute_dtype.itemsize
@@ -426,7 +428,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
     compiled = compile_memory(config, stage, model, tx, rules)
   return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
               frozen=frozen, num_frozen=state_lib.count_params(abstract.frozen),
-              accelerator=acc, num_devices=count, mesh=sizes, batch_size=t.batch_size,
+              accelerator=acc, num_devices=count, mesh=sizes, batch_size=rows,
               seq_len=seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
               optimizer=t.optimizer, params=params, gradients=gradients,
               optimizer_state=opt_state, activations=activations,
@@ -484,7 +486,9 @@ def format_plan(p: Plan) -> str:
           (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
   kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
-             + (f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
+             + ("logits whole (RL losses read every completion token's distribution)"
+                if p.rollout is not None else
+                f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
                 if m.loss_chunk else "logits whole (model.loss_chunk=0)"))
   if p.rollout is not None:
     rows += [(name, value, None) for name, value in plan_rl.format_rows(p.rollout)]

@@ -106,11 +106,14 @@ def test_8_cpu_devices_give_one_devices_metrics(whole):
 def test_shared_value_head_reads_the_policys_own_logits(tied):
   cfg = presets.get("tiny").replace(tie_embeddings=tied)
   model = ActorCritic(cfg, shared=True)
-  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+                    ["params"])
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 0, cfg.vocab_size)
-  logits, values = model.apply({"params": params}, tokens)
-  hidden = Decoder(cfg).apply({"params": params["policy"]}, tokens, hidden=True)
-  np.testing.assert_array_equal(logits, Decoder(cfg).apply({"params": params["policy"]}, tokens))
+  logits, values = jax.jit(model.apply)({"params": params}, tokens)
+  decoder = jax.jit(Decoder(cfg).apply, static_argnames="hidden")
+  hidden = decoder({"params": params["policy"]}, tokens, hidden=True)
+  np.testing.assert_allclose(logits, decoder({"params": params["policy"]}, tokens),
+                             rtol=0, atol=1e-6)
   np.testing.assert_allclose(values, hidden @ params["value_head"] + params["value_bias"],
                              rtol=1e-5, atol=1e-6)
   assert set(params) == {"policy", "value_head", "value_bias"} and values.shape == (2, 8)
