@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
   config.data.eval_documents = 0          # every held-out prompt (300)
   config.train.steps = 150
   config.train.batch_size = 32            # prompts, one response each
+  config.train.seq_len = 47               # P + N - 1 columns (what tokens/s counts)
   config.train.lr = 3e-5
   config.train.warmup_steps = 5
   config.train.weight_decay = 0.0

@@ -38,7 +38,6 @@ from lm.infer import engine as engine_lib
 from lm.model import Decoder
 from lm.rl import losses
 from lm.rl import ppo_math
-from lm.rl import rewards as rewards_lib
 from lm.rl import rollout as rollout_lib
 from lm.train import loop as loop_lib
 from lm.train import optim
@@ -66,7 +65,7 @@ class _Sampler:
         max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_k=rl.top_k,
         top_p=rl.top_p, stop_ids=tuple(chat.stop_token_ids(setup.tokenizer)),
         layout=rl.rollout_layout)
-    self.reward = rewards_lib.from_config(rl)
+    self.reward = stage.reward
     self.reference = Decoder(setup.model_config)
     self.key = jax.random.key(setup.config.seed)
     model_config = setup.model_config

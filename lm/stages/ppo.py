@@ -41,6 +41,7 @@ from lm.model import ModelConfig
 from lm.model.heads import ActorCritic
 from lm.rl import losses
 from lm.rl import ppo_math
+from lm.rl import rewards as rewards_lib
 from lm.rl import rollout as rollout_lib
 
 VALUE_MODELS = ("separate", "shared")
@@ -193,6 +194,8 @@ class Stage:
     self.minibatch = rollouts // max(p.num_minibatches, 1)
     self.row = PromptRow(tokenizer, rl.max_prompt_len)
     self.controller = KlController(p)
+    # Built here, outside the training mesh: a reward model loads onto a mesh of its own.
+    self.reward = rewards_lib.from_config(rl)
     self.metric_weights = {"loss": "weight", **{name: "weight" for name in UPDATE_METRICS}}
     self.records: Sequence = ()
     self.eval_records: Sequence = ()
