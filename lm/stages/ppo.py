@@ -194,11 +194,17 @@ class Stage:
     self.minibatch = rollouts // max(p.num_minibatches, 1)
     self.row = PromptRow(tokenizer, rl.max_prompt_len)
     self.controller = KlController(p)
-    # Built here, outside the training mesh: a reward model loads onto a mesh of its own.
-    self.reward = rewards_lib.from_config(rl)
+    self._reward = None
     self.metric_weights = {"loss": "weight", **{name: "weight" for name in UPDATE_METRICS}}
     self.records: Sequence = ()
     self.eval_records: Sequence = ()
+
+  @property
+  def reward(self) -> rewards_lib.Reward:
+    """`rl.reward`, built when first asked for (`lm plan` never loads a reward model)."""
+    if self._reward is None:
+      self._reward = rewards_lib.from_config(self.rl)
+    return self._reward
 
   # --- the model and its parameters -----------------------------------------------------------
 
