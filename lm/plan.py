@@ -396,6 +396,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   activations = activation_bytes(model_config.replace(loss_chunk=0) if plan_rl.is_rl(config)
                                  else model_config, micro_batch, seq_len, rules, sizes,
                                  model_axes, block_matrices, block_gathered, kernel)
+  if plan_rl.is_rl(config):
+    activations = plan_rl.update_activations(config, activations)
 
   s = model_config.compute_dtype.itemsize
   weight_reads = 3 if model_config.remat != "none" else 2

@@ -129,6 +129,14 @@ def rollout_flops(r: Rollout, matmul_weights: float, stage: str) -> float:
   return 2.0 * matmul_weights * r.rollouts * r.seq_len * (1 + scorers)
 
 
+def update_activations(config: ml_collections.ConfigDict, activations: Any) -> Any:
+  """The update's activations: PPO with a separate value model runs a second decoder over
+  the same rows, whose saved activations add as much again (its head has no logits)."""
+  if config.stage == "ppo" and config.ppo.value_model == "separate":
+    return dataclasses.replace(activations, saved=2 * activations.saved)
+  return activations
+
+
 def updates_per_step(config: ml_collections.ConfigDict) -> int:
   if config.stage == "ppo":
     return config.ppo.epochs * config.ppo.num_minibatches
