@@ -117,3 +117,22 @@ def test_shared_value_head_reads_the_policys_own_logits(tied):
   np.testing.assert_allclose(values, hidden @ params["value_head"] + params["value_bias"],
                              rtol=1e-5, atol=1e-6)
   assert set(params) == {"policy", "value_head", "value_bias"} and values.shape == (2, 8)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("ppo__value_model", "twin", "ppo.value_model='twin' is not one of"),
+    ("ppo__num_minibatches", 3, "are not divisible by ppo.num_minibatches=3"),
+    ("ppo__kl_estimator", "k2", "ppo.kl_estimator='k2'"),
+    ("train__grad_accum", 2, "train.grad_accum=2"),
+    ("ppo__value_init", "runs/rm", "ppo.value_init='runs/rm' starts a separate value model")])
+def test_bad_ppo_fields_are_named(make_config, field, value, message):
+  from lm import stages  # pylint: disable=import-outside-toplevel
+  from lm.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  overrides = {field: value}
+  if field == "ppo__value_init":
+    overrides["ppo__value_model"] = "shared"
+  config = make_config(**overrides)
+  with config.unlocked():
+    config.stage = "ppo"
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    stages.get("ppo")(config, tokenizer_lib.get("byte"))
