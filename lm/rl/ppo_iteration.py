@@ -25,6 +25,7 @@ reference per response (k1, summed over its tokens) and the length.
 """
 
 import json
+import time
 from typing import Any
 
 from etils import epath
@@ -164,9 +165,11 @@ class Iteration(_Sampler):
     stage, rl = self.stage, self.stage.rl
     step = int(jax.device_get(state.step))
     key = jax.random.fold_in(self.key, step)
+    start = time.perf_counter()
     rollout = self.sample(state.params, batch, jax.random.fold_in(key, 0), rl.group_size)
     total, terms, prompts, texts, ended = self.score(rollout, batch["index"], rl.group_size,
                                                      stage.records)
+    rollout_seconds, start = time.perf_counter() - start, time.perf_counter()
     scores = total - stage.p.missing_eos_penalty * ~ended
     kl_coef = stage.controller.value
     exp, metrics = self._experience(state.params, state.frozen, rollout,
@@ -180,6 +183,7 @@ class Iteration(_Sampler):
         state, m = self._update(state, minibatch)
         update_metrics.append(m)
     update_metrics, metrics = jax.device_get((update_metrics, metrics))
+    update_seconds = time.perf_counter() - start  # the experience pass and the updates
     out = {name: float(np.mean([m[name] for m in update_metrics])) for name in update_metrics[0]}
     out.update({"skipped": float(sum(m["skipped"] for m in update_metrics)),
                 "skipped_updates": float(update_metrics[-1]["skipped_updates"]),
@@ -188,6 +192,11 @@ class Iteration(_Sampler):
     out.update({"objective/kl_coef": kl_coef, "completions/ended_ratio": float(np.mean(ended)),
                 "rewards/mean": float(np.mean(total)), "rewards/std": float(np.std(total))})
     out.update({f"rewards/{name}/mean": float(np.mean(v)) for name, v in terms.items()})
+    columns = stage.prompt_len + stage.new_tokens - 1
+    out.update({  # generated tokens per second of sampling and scoring; trained per update
+        "rollout/tokens_per_sec": out["completions/mean_length"] * stage.rollouts
+                                  / rollout_seconds,
+        "update/tokens_per_sec": stage.rollouts * columns * stage.p.epochs / update_seconds})
     stage.controller.update(out["objective/kl"], stage.rollouts)
     if rl.samples_every and (step + 1) % rl.samples_every == 0 and jax.process_index() == 0:
       self.write_samples(step + 1, prompts, texts, total, terms)
