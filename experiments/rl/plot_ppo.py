@@ -2,9 +2,12 @@
 of the preference world, which it never sees), KL to the reference against its target, and
 the PPO diagnostics (value loss, explained variance, clip fraction, entropy, length).
 
-    python experiments/rl/plot_ppo.py runs/ppo_tasks [more workdirs ...]
+    python experiments/rl/plot_ppo.py runs/ppo_tasks [more workdirs ...] \
+        [--start=runs/ppo_sft_baseline/eval_ppo.json]
 
 Reads each workdir's metrics.jsonl and config.json; writes experiments/rl/<run name>.png.
+`--start`: the starting model's held-out evaluation (experiments/rl/evaluate_ppo.py), drawn
+at step 0 of the held-out curves (the loop first evaluates at train.eval_every).
 Needs the `plot` extra (matplotlib).
 """
 
@@ -38,19 +41,27 @@ def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
   return [s for s, _ in points], [v for _, v in points]
 
 
-def plot(workdir: str) -> str:
+def plot(workdir: str, start: dict | None = None) -> str:
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
+  if start:
+    records.insert(0, {**start, "step": 0})
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     target = json.load(f)["ppo"]["kl_target"]
   figure, axes = plt.subplots(2, 4, figsize=(17, 7))
   for ax, (title, names) in zip(axes.flat, PANELS):
     for name, label in names:
       steps, values = series(records, name)
-      if steps:
-        held_out = name.startswith("eval_")
-        ax.plot(steps, values, "o-" if held_out else "-", label=label, markersize=4,
-                linewidth=1.4 if held_out else 0.8)
+      if not steps:
+        continue
+      if name.startswith("eval_"):
+        ax.plot(steps, values, "o-", label=label, markersize=4, linewidth=1.4)
+      else:  # noisy (32 rollouts a point): faint, with a running mean of 5 points
+        line, = ax.plot(steps, values, "-", linewidth=0.6, alpha=0.35)
+        smooth = [sum(values[max(0, i - 4):i + 1]) / len(values[max(0, i - 4):i + 1])
+                  for i in range(len(values))]
+        ax.plot(steps, smooth, "-", color=line.get_color(), linewidth=1.2,
+                label=label + ", mean of 5")
     if title.startswith("KL to") and target:
       ax.axhline(target, color="gray", linestyle="--", linewidth=1, label="ppo.kl_target")
     ax.set_title(title, fontsize=10)
@@ -67,5 +78,11 @@ def plot(workdir: str) -> str:
 
 
 if __name__ == "__main__":
+  starts = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--start=")]
+  baseline = None
+  if starts:
+    with open(starts[0], encoding="utf-8") as f:
+      baseline = {k: v for k, v in json.load(f).items() if k.startswith("eval_")}
   for path in sys.argv[1:]:
-    print(plot(path))
+    if not path.startswith("--"):
+      print(plot(path, baseline))
