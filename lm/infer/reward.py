@@ -63,7 +63,9 @@ class RewardModel:
                                                                     last=last))
 
   def _row(self, prompt: Prompt, reply: str) -> tuple[np.ndarray, int]:
-    messages, *_ = formats.preference_of({"prompt": prompt, "chosen": reply, "rejected": reply})
+    # The prompt's messages (a placeholder reply: an empty one, e.g. a policy's immediate
+    # end of turn, is scored as it is, at its end-of-turn token).
+    messages, *_ = formats.preference_of({"prompt": prompt, "chosen": "-", "rejected": "-"})
     ids, mask = formats.render_reply(self.tokenizer, messages, reply)
     if len(ids) > self.model_config.max_seq_len:
       raise ValueError(f"prompt and reply have {len(ids)} tokens, more than "
