@@ -23,7 +23,15 @@ The loss of one minibatch of experience, per response token, averaged over them:
 Metrics carry TRL's names: objective/kl (KL to the reference per response), objective/scores,
 objective/rlhf_reward, objective/entropy, policy/clipfrac_avg, policy/approxkl_avg,
 policy/entropy_avg, loss/policy_avg, loss/value_avg, val/clipfrac_avg, and
-val/explained_variance, completions/mean_length, objective/kl_coef, rewards/<name>/mean.
+val/explained_variance, completions/mean_length, objective/kl_coef, rewards/<name>/mean,
+rollout/tokens_per_sec and update/tokens_per_sec.
+
+Where this differs from TRL's PPOTrainer (1.x, trl.experimental.ppo): the sampling
+temperature is `rl.temperature` (default 1.0; TRL 0.7); the values, rewards and the value
+loss cover the response tokens alone (TRL's cover one more position after the end); the KL
+coefficient can adapt (TRL 1.x keeps it fixed; its older AdaptiveKLController is
+`ppo.kl_target`); evaluation samples held-out prompts and scores them (eval_reward,
+eval_rewards/<name>, eval_kl, eval_length). LoRA (`lora.rank`) is not supported with PPO.
 """
 
 import dataclasses
