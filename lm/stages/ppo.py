@@ -191,6 +191,9 @@ class Stage:
     if config.train.grad_accum != 1:
       errors.append(f"train.grad_accum={config.train.grad_accum}: stage='ppo' sizes its "
                     "updates with ppo.num_minibatches")
+    if config.lora.rank:
+      errors.append(f"lora.rank={config.lora.rank}: stage='ppo' trains every parameter of the "
+                    "policy and the value model (LoRA is not supported with PPO yet)")
     if errors:
       raise ValueError("Invalid config: " + "; ".join(errors))
     if not config.init_from:

@@ -124,6 +124,7 @@ def test_shared_value_head_reads_the_policys_own_logits(tied):
     ("ppo__num_minibatches", 3, "are not divisible by ppo.num_minibatches=3"),
     ("ppo__kl_estimator", "k2", "ppo.kl_estimator='k2'"),
     ("train__grad_accum", 2, "train.grad_accum=2"),
+    ("lora__rank", 4, "LoRA is not supported with PPO"),
     ("ppo__value_init", "runs/rm", "ppo.value_init='runs/rm' starts a separate value model")])
 def test_bad_ppo_fields_are_named(make_config, field, value, message):
   from lm import stages  # pylint: disable=import-outside-toplevel
