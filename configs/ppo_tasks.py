@@ -8,7 +8,10 @@ Command:  python -m lm train --config=configs/reward_tasks.py:runs/sft_tasks \\
           python experiments/rl/plot_ppo.py runs/ppo_tasks   # reward, true reward, KL curves
           (`configs/ppo_tasks.py:SFT,RM` starts from other SFT and reward-model workdirs)
 Hardware: 2 CPU cores, no accelerator, no network.
-Runtime and result: experiments/rl/ppo.md (measured there, with the commands).
+Runtime:  150 steps: 1,366 s wall (214 CPU-seconds) on 2 cores shared with about ten jobs.
+Result:   held-out (300 prompts) reward-model score 4.683 -> 4.813, true reward 1.227 -> 1.133
+          (not raised), KL to the SFT model 0.68 nats per response (target 1.0); controls
+          and curves in experiments/rl/ppo.md.
 Each step samples one response of at most 24 tokens to each of 32 prompts from the policy in
 the train state, scores it with the reward model, subtracts 0.1 x the per-token KL to the SFT
 model (adapted towards 1 nat per response), and takes 4 epochs of 2 minibatches of PPO
