@@ -140,8 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.rl.temperature = 1.0             # sampling of the rollouts
   config.rl.top_k = 0                     # 0: no limit
   config.rl.top_p = 1.0                   # 1: no limit
-  config.rl.rollout_layout = "scanned"    # scanned: decode from the state's stacked layers |
-                                          # unrolled: a per-layer copy inside the rollout jit
+  config.rl.rollout_layout = "unrolled"   # unrolled: a per-layer copy of the weights inside
+                                          # the rollout jit, freed after it | scanned: decode
+                                          # from the state's stacked layers, no copy
+                                          # (experiments/rl/README.md measures both)
   config.rl.reward = "exact"              # comma-separated: exact | format | true | model |
                                           # module:function (lm/rl/rewards.py)
   config.rl.reward_weights = ""           # comma-separated, one per reward; "": 1 each

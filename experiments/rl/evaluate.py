@@ -46,6 +46,7 @@ def main() -> None:
   parser.add_argument("workdir")
   parser.add_argument("--tasks", default=None)
   args = parser.parse_args()
+  args.workdir = os.path.abspath(args.workdir)
   config = ml_collections.ConfigDict(json.loads(
       (epath.Path(args.workdir) / "config.json").read_text()))
   model_config = config_lib.model_config(config)
