@@ -13,8 +13,8 @@ Plan:     14.2 of 16 GiB per chip (README.md, "RL memory plans", has lm plan's t
           (32 rollouts a step, 255 columns): the scoring pass's float32 logits (32 x 255 x
           151,936: 4.6 GiB) peak the rollout phase, the output layer's backward (3.1 GiB in
           micro-batches of 8 rows, grad_accum 4) the update phase; the bfloat16 KV cache is
-          small (0.09 GiB), the unrolled copy of the policy
-          (rl.rollout_layout) 1.84 GiB. Longer completions or more rollouts need LoRA or a smaller vocab.
+          small (0.09 GiB), the unrolled copy of the policy (rl.rollout_layout) 1.84 GiB.
+          Longer completions or more rollouts need LoRA or a smaller vocabulary.
 """
 
 from lm import config as config_lib

@@ -52,7 +52,8 @@ def updates_config(train: ml_collections.ConfigDict, updates_per_step: int
                    ) -> ml_collections.ConfigDict:
   """`train` with steps and warmup counted in optimizer updates, not iterations."""
   out = ml_collections.ConfigDict(train.to_dict())
-  out.steps, out.warmup_steps = train.steps * updates_per_step, train.warmup_steps * updates_per_step
+  out.steps = train.steps * updates_per_step
+  out.warmup_steps = train.warmup_steps * updates_per_step
   return out
 
 
