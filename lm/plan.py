@@ -90,10 +90,12 @@ import optax
 from jax.sharding import AbstractMesh, AxisType
 
 from lm import config as config_lib
+from lm import plan_rl
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import ModelConfig
 from lm.model.attention import attention_kernel
+from lm.model.heads import RewardModel
 from lm.parallel import mesh as mesh_lib
 from lm.parallel.accelerators import ACCELERATORS, GiB, Accelerator, local_accelerator
 from lm.parallel import rules as rules_lib
@@ -203,11 +205,15 @@ class Plan:
   hosts_per_slice: int = 1
   dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
   attention: str = "xla"      # the attention kernel model.attention resolves to on the target
+  rollout: plan_rl.Rollout | None = None  # RL stages: the rollout phase (lm/plan_rl.py)
 
   @property
   def total(self) -> float:
-    return (self.params + self.frozen + self.gradients + self.optimizer_state
-            + self.activations.total)
+    resident = self.params + self.frozen + self.optimizer_state
+    update = self.gradients + self.activations.total
+    if self.rollout is None:
+      return resident + update
+    return resident + self.rollout.reward_model + max(update, self.rollout.transient)
 
   @property
   def fits(self) -> bool:
@@ -375,7 +381,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
   batch_ways = _ways("act_batch", rules, sizes)
-  micro_batch = -(-t.batch_size // t.grad_accum // batch_ways)
+  rows, seq_len = ((t.batch_size, t.seq_len) if not plan_rl.is_rl(config)
+                   else plan_rl.update_shape(config))  # RL: one update's rows of rollouts
+  micro_batch = -(-rows // t.grad_accum // batch_ways)
   batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
   model_axes = {a: 1 if a in batch_axes else size for a, size in sizes.items()}  # gathered
   num_layers = model_config.num_layers
@@ -383,9 +391,13 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   block_gathered = _block_bytes(all_params, all_shardings, model_axes, num_layers)
   block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
-  kernel = attention_kernel(model_config, t.seq_len, acc.platform)
-  activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
+  kernel = attention_kernel(model_config, seq_len, acc.platform)
+  # RL losses read whole logits (log-probs and entropy of every completion token): no chunks.
+  activations = activation_bytes(model_config.replace(loss_chunk=0) if plan_rl.is_rl(config)
+                                 else model_config, micro_batch, seq_len, rules, sizes,
                                  model_axes, block_matrices, block_gathered, kernel)
+  if plan_rl.is_rl(config):
+    activations = plan_rl.update_activations(config, activations)
 
   s = model_config.compute_dtype.itemsize
   weight_reads = 3 if model_config.remat != "none" else 2
@@ -399,20 +411,33 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
       _per_device_bytes(abstract.params, shardings.params, {a: 1 for a in sizes}),
       dcn_data, dcn_fsdp, hosts_per_slice, weight_reads * t.grad_accum, s)
 
+  flops_per_step = state_lib.flops_per_token(model_config, seq_len) * rows * seq_len
+  rollout = None
+  if plan_rl.is_rl(config):
+    rollout = plan_rl.rollout_memory(
+        config, model_config, lambda logical: _ways(logical, rules, sizes),
+        _per_device_bytes(abstract.params["policy"] if "policy" in abstract.params
+                          else abstract.params, shardings.params["policy"]
+                          if "policy" in abstract.params else shardings.params, sizes),
+        lambda mc: state_lib.count_params(nn.unbox(state_lib.abstract_boxed_params(
+            RewardModel(mc)))))
+    matmul_weights = (state_lib.flops_per_token(model_config, 0) / 6.0)
+    flops_per_step = (flops_per_step * plan_rl.updates_per_step(config)
+                      + plan_rl.rollout_flops(rollout, matmul_weights, config.stage))
+
   compiled = None
   if compile_step or (compile_step is None and is_local and not notes):
     compiled = compile_memory(config, stage, model, tx, rules)
   return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
               frozen=frozen, num_frozen=state_lib.count_params(abstract.frozen),
-              accelerator=acc, num_devices=count, mesh=sizes, batch_size=t.batch_size,
-              seq_len=t.seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
+              accelerator=acc, num_devices=count, mesh=sizes, batch_size=rows,
+              seq_len=seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
               optimizer=t.optimizer, params=params, gradients=gradients,
               optimizer_state=opt_state, activations=activations,
-              flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
-              * t.batch_size * t.seq_len,
+              flops_per_step=flops_per_step,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
               num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
-              attention=kernel)
+              attention=kernel, rollout=rollout)
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -463,8 +488,12 @@ def format_plan(p: Plan) -> str:
           (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
   kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
-             + (f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
+             + ("logits whole (RL losses read every completion token's distribution)"
+                if p.rollout is not None else
+                f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
                 if m.loss_chunk else "logits whole (model.loss_chunk=0)"))
+  if p.rollout is not None:
+    rows += [(name, value, None) for name, value in plan_rl.format_rows(p.rollout)]
   if c:
     rows += [("  parameters + optimizer state", p.params + p.frozen + p.optimizer_state,
               (c.argument, "XLA arguments: state + batch")),
@@ -518,5 +547,8 @@ def format_plan(p: Plan) -> str:
         f"DCN bound: {_seconds(p.dcn_seconds)} per step across {p.num_slices} slices: "
         f"{_bytes(p.dcn_traffic)} sent per host ({p.hosts_per_slice} "
         f"host{'s' if p.hosts_per_slice > 1 else ''} per slice, {bandwidth} each){verdict}")
+  if p.rollout is not None:
+    lines.append(plan_rl.summary(p.rollout, p.gradients + a.total)
+                 + "; the compiled figures are one update's")
   lines += [f"note: {note}" for note in p.notes]
   return "\n".join(lines)

@@ -215,8 +215,10 @@ def load_init_from(setup: Setup) -> Any:
                                      state_lib.subtree(shardings, setup.imported_params))
   if key is not None:
     loaded = {key: loaded}
-  return state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
-                               setup.model_shardings)
+  params = state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
+                                 setup.model_shardings)
+  load_extra = getattr(setup.stage, "load_extra", None)  # e.g. a value model's start
+  return params if load_extra is None else load_extra(params)
 
 
 def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainState, Any, bool]:
@@ -258,12 +260,18 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   config, stage, t = setup.config, setup.stage, setup.config.train
   is_main = jax.process_index() == 0
   shardings, mesh = setup.shardings, setup.mesh
-  train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
-                       in_shardings=(shardings, setup.data_sharding),
-                       out_shardings=(shardings, rules_lib.replicated(mesh)),
-                       donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(setup.model, stage),
-                      in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
+  if hasattr(stage, "make_step"):  # more than one update of its loss (RL: rollouts, rewards)
+    train_step = stage.make_step(setup, workdir)
+  else:
+    train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
+                         in_shardings=(shardings, setup.data_sharding),
+                         out_shardings=(shardings, rules_lib.replicated(mesh)),
+                         donate_argnums=(0,))
+  if hasattr(stage, "make_eval_step"):
+    eval_step = stage.make_eval_step(setup)
+  else:
+    eval_step = jax.jit(make_eval_step(setup.model, stage),
+                        in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
   eval_set = stage.eval_set(setup.source.eval, config, setup.rows)
   eval_data = [setup.to_global(b) for b in eval_set.batches]
   flops_per_step = (state_lib.flops_per_token(setup.model_config, t.seq_len)
