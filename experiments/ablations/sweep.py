@@ -1,0 +1,25 @@
+"""Architecture ablations at a fixed number of training tokens: one change from the base each
+(experiments/ablations/config.py), three seeds per variant.
+
+  lm sweep --config=experiments/ablations/config.py --sweep=experiments/ablations/sweep.py \
+    --workdir=runs/ablations
+"""
+
+from lm.experiments.sweep import product, sweep
+
+# The base: RoPE, SwiGLU, GQA with 2 KV heads of 4, untied embeddings, no z-loss.
+VARIANTS = [
+    {"label": "base"},
+    {"label": "learned-positions", "model.positions": "learned"},
+    # GELU with 1.5x the hidden width: 2 * 64 * 384 = 3 * 64 * 256 MLP weights per layer.
+    {"label": "gelu-param-matched", "model.mlp": "gelu", "model.d_ff": 384},
+    {"label": "mha-kv4", "model.num_kv_heads": 4},
+    {"label": "mqa-kv1", "model.num_kv_heads": 1},
+    {"label": "tied-embeddings", "model.tie_embeddings": True},
+    {"label": "z-loss-1e-4", "train.z_loss": 1e-4},
+]
+
+
+def get_sweep(arg=None):
+  del arg
+  return product(VARIANTS, sweep("seed", [0, 1, 2]))
