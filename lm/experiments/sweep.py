@@ -83,17 +83,17 @@ class Choice:
     return rng.choice(self.values)
 
 
-def random_search(num_runs: int, seed: int, **space: Any) -> list[Overrides]:
-  """`num_runs` points drawn from `space` (config path with dots as `__`: `train__lr=
-  LogUniform(1e-4, 1e-2)`; a plain value is fixed), reproducible from `seed`. Values are
-  rounded to 3 significant digits, so run names stay short."""
-  rng = random.Random(seed)
+def random_search(num_runs: int, space: dict[str, Any], rng_seed: int = 0) -> list[Overrides]:
+  """`num_runs` points drawn from `space` (config path -> LogUniform / Uniform / Choice, or a
+  fixed value), reproducible from `rng_seed`. Floats are rounded to 3 significant digits, so
+  run names stay short."""
+  rng = random.Random(rng_seed)
   runs = []
   for _ in range(num_runs):
     point = {}
-    for name, dist in space.items():
+    for key, dist in space.items():
       value = dist.sample(rng) if hasattr(dist, "sample") else dist
-      point[name.replace("__", ".")] = float(f"{value:.3g}") if isinstance(value, float) else value
+      point[key] = float(f"{value:.3g}") if isinstance(value, float) else value
     runs.append(point)
   return runs
 
