@@ -81,8 +81,8 @@ flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's 
                   "analysis when the target is the local devices.")
 flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
                     "(local or gs://); eval: the results JSON (default: "
-                    "--workdir/eval_results.json); report: the folder of its tables and plots (default: "
-                    "--workdir); sweep --emit=tpu: the script to write.")
+                    "--workdir/eval_results.json); report: the folder of its tables and plots "
+                    "(default: --workdir); sweep --emit=tpu: the script to write.")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")

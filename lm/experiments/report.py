@@ -234,7 +234,8 @@ def fit_power_law(x: list[float], loss: list[float]) -> PowerLaw:
   degrees of freedom), so it needs at least 3 points."""
   lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(loss, float))
   if len(lx) < 3 or len(set(lx.tolist())) < 2:
-    raise ValueError(f"a power-law fit needs at least 3 points at 2 or more x values, not {len(lx)}")
+    raise ValueError(f"a power-law fit needs at least 3 points at 2 or more x values, not "
+                     f"{len(lx)}")
   (slope, intercept), cov = np.polyfit(lx, ly, 1, cov=True)
   return PowerLaw(alpha=float(-slope), alpha_stderr=float(np.sqrt(cov[0, 0])),
                   a=float(np.exp(intercept)), points=len(lx))

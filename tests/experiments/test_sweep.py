@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from lm.experiments import sweep as sweep_lib
-from tests.tpu_scripts.test_dry_run import ROOT, env, printed, remote  # pylint: disable=unused-import
+# pylint: disable-next=unused-import
+from tests.tpu_scripts.test_dry_run import ROOT, env, printed, remote
 
 # --- expansion --------------------------------------------------------------------------------
 
