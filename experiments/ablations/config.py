@@ -1,4 +1,4 @@
-"""The base model of the architecture ablations: a 0.18M-parameter byte-level Llama.
+"""The base model of the architecture ablations: a 0.16M-parameter byte-level Llama.
 
 Command:  lm sweep --config=experiments/ablations/config.py \
             --sweep=experiments/ablations/sweep.py --workdir=runs/ablations

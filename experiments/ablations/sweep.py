@@ -7,6 +7,8 @@
 
 from lm.experiments.sweep import product, sweep
 
+REPORT = dict(baseline="base")
+
 # The base: RoPE, SwiGLU, GQA with 2 KV heads of 4, untied embeddings, no z-loss.
 VARIANTS = [
     {"label": "base"},
@@ -21,5 +23,6 @@ VARIANTS = [
 
 
 def get_sweep(arg=None):
-  del arg
-  return product(VARIANTS, sweep("seed", [0, 1, 2]))
+  """`sweep.py:2` (or `:0,1`): those seeds only, e.g. for two sweep processes side by side."""
+  seeds = [int(s) for s in arg.split(",")] if arg else [0, 1, 2]
+  return product(sweep("seed", seeds), VARIANTS)  # every variant's seed 0 first

@@ -12,7 +12,7 @@ from lm.experiments.sweep import sweep
 # 2022 (approach 3, L = E + A / N^0.34): slopes drawn beside the fit.
 REPORT = dict(x="params", fit="power_law", curves_x="tokens", curves_log=True,
               references={"Kaplan 2020 L(N)": 0.076})
-WIDTHS = [32, 64, 96, 128, 192]
+WIDTHS = [16, 32, 64, 96, 128]
 
 
 def get_sweep(arg=None):

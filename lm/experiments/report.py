@@ -10,6 +10,8 @@ saved in `<workdir>/sweep.json`, choose the extra plot:
   fit:      "power_law": fits L = a * x^(-alpha) by least squares in log-log space over every
             run, and reports alpha with its standard error
   curves_x: "step" (default) or "tokens" for the loss curves; curves_log: log-log axes
+  baseline: a group; the table adds each group's final eval loss minus the baseline's, paired
+            by seed
 """
 
 import csv
@@ -179,6 +181,20 @@ def summary_rows(runs: list[RunResult]) -> list[dict[str, Any]]:
   return rows
 
 
+def add_paired_deltas(rows: list[dict[str, Any]], runs: list[RunResult], baseline: str) -> None:
+  """Adds to each row the final eval loss minus the `baseline` group's, run by run between
+  runs of one seed (same data order), mean and std over the seeds both have: the seed-to-seed
+  spread of the loss itself cancels."""
+  base = {r.seed: r.final_eval_loss for r in runs if r.group == baseline}
+  if not base:
+    raise ValueError(f"REPORT baseline={baseline!r} is not a group of these runs")
+  by_group = groups(runs)
+  for row in rows:
+    deltas = [r.final_eval_loss - base[r.seed] for r in by_group[row["group"]]
+              if r.seed in base]
+    row["delta"], row["delta_std"] = mean_std(deltas)
+
+
 def _pm(mean: float, std: float, digits: int) -> str:
   if math.isnan(mean):
     return "–"
@@ -187,7 +203,10 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+  paired = "delta" in rows[0]
   head = ["run", "seeds", "params (non-emb.)", "tokens"] + [c for c, _, _ in SUMMARY]
+  if paired:
+    head.insert(5, "Δ final vs base, same seed")
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
     seeds = f"{row['runs']}" + ("" if row["finished"] == row["runs"]
@@ -195,6 +214,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     cells = [row["group"], seeds, f"{row['params']:,} ({row['non_embedding_params']:,})",
              f"{row['tokens']:,}"]
     cells += [_pm(row[f], row[f + "_std"], d) for _, f, d in SUMMARY]
+    if paired:
+      cells.insert(5, _pm(row["delta"], row["delta_std"], 4).replace("-", "−"))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -259,7 +280,10 @@ def write_report(workdir: str, output: str | None = None) -> dict[str, Any]:
   output = output or workdir
   os.makedirs(output, exist_ok=True)
   runs, options = load_runs(workdir)
-  table = markdown_table(summary_rows(runs))
+  rows = summary_rows(runs)
+  if options.get("baseline"):
+    add_paired_deltas(rows, runs, options["baseline"])
+  table = markdown_table(rows)
   files = [os.path.join(output, "results.csv"), os.path.join(output, "results.md")]
   with open(files[0], "w") as f:
     f.write(runs_csv(runs))

@@ -87,9 +87,18 @@ def test_mean_and_sample_std_over_seeds(tmp_path):
   assert x["tokens_per_sec"] == pytest.approx(2500.0)  # the first logged rate (compile) left out
   assert y["best_eval_loss"] == 1.9 and y["final_eval_loss"] == 2.0
   assert math.isnan(y["final_eval_loss_std"])
+  # Paired with "x" by seed: y's seed 0 against x's seed 0 only.
+  report_lib.add_paired_deltas([x, y], runs, "x")
+  assert x["delta"] == 0.0 and y["delta"] == 0.0 and math.isnan(y["delta_std"])
+  write_run(str(tmp_path), "y__seed-2", {"label": "y", "seed": 2}, [2.5, 2.0])
+  runs, _ = report_lib.load_runs(str(tmp_path))
+  rows = report_lib.summary_rows(runs)
+  report_lib.add_paired_deltas(rows, runs, "x")
+  assert rows[1]["delta"] == pytest.approx(((2.0 - 2.0) + (2.0 - 2.3)) / 2)
+  assert rows[1]["delta_std"] == pytest.approx(0.3 / math.sqrt(2))
   table = report_lib.markdown_table([x, y])
   assert "| x | 3 |" in table and "| 2.1333 ± 0.1528 | " in table
-  assert "| y | 1 |" in table and "| 2.0000 | 1.9000 |" in table
+  assert "| y | 1 |" in table and "| 2.0000 | 0.0000 | 1.9000 |" in table
 
 
 def test_power_law_fit_matches_scipy_and_recovers_the_exponent():
