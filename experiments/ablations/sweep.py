@@ -23,6 +23,8 @@ VARIANTS = [
 
 
 def get_sweep(arg=None):
-  """`sweep.py:2` (or `:0,1`): those seeds only, e.g. for two sweep processes side by side."""
-  seeds = [int(s) for s in arg.split(",")] if arg else [0, 1, 2]
-  return product(sweep("seed", seeds), VARIANTS)  # every variant's seed 0 first
+  """`sweep.py:2` (or `:0,1`): those seeds only; `sweep.py:1:reversed`: in reverse order.
+  For sweep processes side by side on one workdir (each skips the runs another trains)."""
+  seeds, _, order = (arg or "0,1,2").partition(":")
+  runs = product(sweep("seed", [int(s) for s in seeds.split(",")]), VARIANTS)
+  return runs[::-1] if order == "reversed" else runs  # else every variant's seed 0 first

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shlex
+import socket
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -240,11 +241,26 @@ def write_record(run_workdir: str, record: dict) -> None:
   os.replace(tmp, os.path.join(run_workdir, RUN_FILE))
 
 
+def _alive_elsewhere(record: dict) -> bool:
+  """The record's run is being trained now by another process on this machine."""
+  pid = record.get("pid")
+  if not pid or pid == os.getpid() or record.get("host") != socket.gethostname():
+    return False
+  try:
+    os.kill(pid, 0)
+  except (ProcessLookupError, PermissionError):
+    return False
+  return True
+
+
 def status(run: Run) -> str:
-  """"finished" (trained to train.steps), "partial" (started, not finished) or "new"."""
+  """"finished" (trained to train.steps), "running" (by another sweep process here),
+  "partial" (started, not finished) or "new"."""
   record = read_record(run.workdir)
   if record and record.get("finished") and record.get("steps", 0) >= run.config.train.steps:
     return "finished"
+  if record and _alive_elsewhere(record):
+    return "running"
   if record or os.path.isdir(os.path.join(run.workdir, "checkpoints")):
     return "partial"
   return "new"
@@ -269,13 +285,13 @@ def run_all(runs: list[Run], train: Callable[[ml_collections.ConfigDict, str], d
   trained = []
   for i, run in enumerate(runs):
     state = status(run)
-    if state == "finished":
-      log(f"[{i + 1}/{len(runs)}] {run.name}: finished, skipped")
+    if state in ("finished", "running"):  # two sweep processes can share a workdir
+      log(f"[{i + 1}/{len(runs)}] {run.name}: {state}, skipped")
       continue
     log(f"[{i + 1}/{len(runs)}] {run.name}: {'resuming' if state == 'partial' else 'starting'}")
     record = read_record(run.workdir) or {"invocations": []}
     record.update(name=run.name, overrides=run.overrides, group=run.group, finished=False,
-                  steps=run.config.train.steps)
+                  steps=run.config.train.steps, pid=os.getpid(), host=socket.gethostname())
     write_record(run.workdir, record)
     start = time.time()
     metrics = train(run.config, run.workdir)
@@ -284,6 +300,7 @@ def run_all(runs: list[Run], train: Callable[[ml_collections.ConfigDict, str], d
                                   "last_step": metrics.get("step")})
     record["wall_seconds"] = sum(inv["seconds"] for inv in record["invocations"])
     record["finished"] = not metrics.get("stopped_early", False)
+    record["pid"] = None
     write_record(run.workdir, record)
     trained.append(run.name)
     if not record["finished"]:

@@ -4,6 +4,7 @@ through the real training loop, and TPU launch commands that tpu_scripts/launch.
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -116,6 +117,24 @@ def test_interrupted_run_resumes_exactly_and_finished_runs_are_skipped(swept):
   assert record["wall_seconds"] == pytest.approx(sum(i["seconds"] for i in record["invocations"]))
   # Third call: both finished, nothing trained.
   assert calls[2] == [] and [sweep_lib.status(r) for r in (a, b)] == ["finished", "finished"]
+
+
+def test_a_run_that_another_process_trains_is_skipped(make_config, tmp_path):
+  [run] = sweep_lib.plan(make_config(), [{"seed": 3}], str(tmp_path))
+  other = subprocess.Popen(["sleep", "60"])
+  try:
+    sweep_lib.write_record(run.workdir, {"pid": other.pid, "host": socket.gethostname(),
+                                         "finished": False, "invocations": []})
+    assert sweep_lib.status(run) == "running"
+    assert sweep_lib.run_all([run], lambda *_: pytest.fail("trained"), log=lambda _: None) == []
+  finally:
+    other.kill()
+    other.wait()
+  assert sweep_lib.status(run) == "partial"  # that process has gone: resume it here
+  trained = []
+  assert sweep_lib.run_all([run], lambda c, w: trained.append(w) or {"step": 6},
+                           log=lambda _: None) == ["seed-3"]
+  assert trained == [run.workdir] and sweep_lib.read_record(run.workdir)["pid"] is None
 
 
 # --- Cloud TPU --------------------------------------------------------------------------------
