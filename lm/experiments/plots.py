@@ -91,7 +91,10 @@ def metric_vs_x(runs: list[report_lib.RunResult], path: str, title: str, x: str,
   if xs_all and (fit is not None or max(xs_all) / max(min(xs_all), 1e-30) > 10):
     ax.set_xscale("log")
   if fit is not None:
+    from matplotlib import ticker  # pylint: disable=import-outside-toplevel
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.2f"))
   ax.set_title(title)
   if hue or fit is not None:
     ax.legend(fontsize=7)

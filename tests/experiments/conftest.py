@@ -24,7 +24,7 @@ def _stage_stopping_at(config, step_to_stop):
   return Stopping
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def swept(tmp_path_factory, data_cache):
   """Runs "a" and "b" of one config (6 steps, checkpoints at 3 and 6); "b" is interrupted by a
   SIGTERM after step 3, then the sweep is run again, then a third time. Returns the workdir,
