@@ -74,8 +74,8 @@ class LoraStage:
     def adapted(params, tokens, **kwargs):
       if rngs is not None:
         kwargs["rngs"] = rngs
-      base = quant.dequantize_tree(frozen["base"])  # QLoRA: the float base, for this step
-      return apply(lora_lib.join(params, base), tokens, **kwargs)
+      # QLoRA: the base stays quantized; each weight is dequantized where its layer reads it
+      return apply(lora_lib.join(params, frozen["base"]), tokens, **kwargs)
     return adapted
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):

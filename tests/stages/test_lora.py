@@ -76,11 +76,14 @@ def test_qlora_keeps_a_4_bit_base_and_serves_what_it_trained(make_config, tmp_pa
   assert all(v.dtype == np.uint8 for v in codes.values())
   assert flat(frozen)["layers/mlp/wo/absmax"].dtype == np.int8         # double quantization
   assert flat(frozen)["embed/embedding"].dtype == np.float32           # not a matrix we quantize
+  assert flat(frozen)["layers/mlp_norm/scale"].dtype == np.float32     # [L, D]: a vector a layer
+  layers = config_lib.model_config(config).num_layers                  # each layer on its own
+  assert flat(frozen)["layers/mlp/wo/codes"].shape[0] == layers
   # Two 4-bit codes a byte for every weight matrix of the model.
   shapes = flat(jax.eval_shape(lambda: Decoder(config_lib.model_config(config)).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-  matrices = {k: v.value.size for k, v in shapes.items()
-              if v.value.ndim >= 2 and "embedding" not in k}
+  matrices = {k: v.value.size for k, v in shapes.items()   # one layer's is a matrix: not norms
+              if v.value.ndim - k.startswith("layers/") >= 2 and "embedding" not in k}
   assert {k: v.size * 2 for k, v in codes.items()} == {k + "/codes": n
                                                         for k, n in matrices.items()}
   saved = config_lib.model_config(config)
