@@ -14,8 +14,9 @@ replicated `lora_rank`, so they shard with the base under every mesh.
 
 QLoRA: a base weight stored quantized (lm/model/quant.py) reaches the model as a `Quantized`;
 the provider's interception of `Module.param` dequantizes it where the layer reads it (under
-nn.scan: one layer's codes), inside `jax.checkpoint`, so neither the forward pass nor the
-saved residuals hold more than the layer's float kernel at a time.
+nn.scan: one layer's codes), and its matmul dequantizes it again inside `jax.checkpoint`, so
+neither the forward pass nor the saved residuals (under every remat policy) hold more than
+the layer's float kernel at a time: the backward pass recomputes it from the codes.
 
 PEFT's `lora_A.weight` [R, I] and `lora_B.weight` [O, R] are A and B flattened and transposed.
 """
@@ -87,34 +88,35 @@ class _Provider(qwix.LoraProvider):
     super().__init__(module_path=".*", rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
     self._lora = lora
     self._targets = re.compile(lora.targets)
-    self._dequantized: dict[int, tuple[weakref.ref, str]] = {}  # id -> (weight, its name)
+    self._dequantized: dict[int, tuple] = {}  # id(weight) -> (weakref to it, name, codes)
 
   def nn_param(self, module: nn.Module, name: str, *args, **kwargs):
-    """A quantized base weight, dequantized here, where its layer reads it."""
+    """A quantized base weight, dequantized where its layer reads it (what the model sees;
+    its matmul, in `dot_general`, dequantizes again inside a checkpoint)."""
     stored = module.get_variable("params", name) if module.has_variable("params", name) else None
     if not isinstance(stored, quant.Quantized):
       return super().nn_param(module, name, *args, **kwargs)
-    w = jax.checkpoint(quant.dequantize)(stored)  # recomputed, not saved, for the backward
+    w = quant.dequantize(stored)
     self._dequantized = {k: v for k, v in self._dequantized.items() if v[0]() is not None}
-    self._dequantized[id(w)] = (weakref.ref(w), name)
+    self._dequantized[id(w)] = (weakref.ref(w), name, stored)
     return w
 
-  def _weight_name(self, rhs: Any) -> str | None:
-    """The parameter a matmul's right operand is (a dequantized one through the casts the
-    model applies to it), or None for an activation."""
+  def _weight(self, rhs: Any) -> tuple[str | None, quant.Quantized | None]:
+    """(the parameter a matmul's right operand is, its codes when quantized), through the
+    casts the model applies to it; (None, None) for an activation."""
     x = rhs
     while True:
-      ref, name = self._dequantized.get(id(x), (None, None))
+      ref, name, stored = self._dequantized.get(id(x), (None, None, None))
       if ref is not None and ref() is x:
-        return name
+        return name, stored
       parent = getattr(x, "parent", None)
       if parent is None or len(parent.in_tracers) != 1:
         break
       x = parent.in_tracers[0]
     try:
-      return flax_util.find_param(rhs, ptq.WithAux)
+      return flax_util.find_param(rhs, ptq.WithAux), None
     except ValueError:  # several parameters of rhs's shape: not one of them (qwix's heuristic)
-      return None
+      return None, None
 
   def einsum(self, *args, **kwargs):
     """Unadapted: lm's weights meet activations in `token_matmul` (dot_general); an einsum is
@@ -123,8 +125,14 @@ class _Provider(qwix.LoraProvider):
     return ptq.PtqProvider.einsum(self, *args, **kwargs)
 
   def dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs):
-    y = ptq.PtqProvider.dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs)
-    name = self._weight_name(rhs)
+    name, stored = self._weight(rhs)
+    if stored is None:
+      y = ptq.PtqProvider.dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs)
+    else:  # QLoRA: the float kernel exists inside this checkpoint alone (recomputed backward)
+      def matmul(x, q):
+        return jax.lax.dot_general(x, quant.dequantize(q, rhs.dtype), dimension_numbers, *args,
+                                   **kwargs)
+      y = jax.checkpoint(interception.disable_interceptions(matmul))(lhs, stored)
     if name is None:  # not a weight (attention scores, ...)
       return y
     module = flax_util.get_current_module()

@@ -130,6 +130,19 @@ def nbytes(q: Quantized) -> int:
   return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(q))
 
 
+def num_values(q: Quantized) -> int:
+  """How many weights `q` holds (every layer's, when stacked)."""
+  return math.prod(q.codes.shape[:-1]) * math.prod(q.shape)
+
+
+def describe(kind: str, double_quant: bool, block: int = 64) -> str:
+  """The storage of a quantized weight in words, with its bits per weight (codes and scales;
+  double quantization's per-256 scales counted too)."""
+  scale_bits = 8 + 32 / ABSMAX_BLOCK if double_quant else 32
+  bits = (4 if kind == "nf4" else 8) + scale_bits / block
+  return f"{kind}{' + double quant' if double_quant else ''}, {bits:.2f} bits/weight"
+
+
 def stacked_axes(path: str) -> int:
   """1 for a scanned model's stacked layer weights (`layers/...`: [L, ...]), else 0."""
   return 1 if "layers" in path.split("/")[:-1] else 0

@@ -21,6 +21,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from lm.model import ModelConfig
+from lm.model import quant
 from lm.parallel import rules as rules_lib
 from lm.train import guard as guard_lib
 
@@ -130,7 +131,11 @@ def params_with(model: nn.Module, key: jax.Array, loaded: Any, shardings: Any) -
 
 
 def count_params(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
+  """Parameters in `params`; a quantized weight (QLoRA's base) counts the values it stands
+  for, not its codes."""
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, quant.Quantized))
+  return sum(quant.num_values(x) if isinstance(x, quant.Quantized) else int(x.size)
+             for x in leaves)
 
 
 def count_bytes(tree: Any) -> int:
