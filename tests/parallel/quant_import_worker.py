@@ -60,7 +60,7 @@ def main(workdir: str) -> None:
       else:                    # codes and (int8) absmaxes: bitwise
         np.testing.assert_array_equal(a, b, err_msg=name)
     quantized += isinstance(w, quant.Quantized)
-  assert quantized == 7, quantized  # q, k, v, o, up, gate, down (stacked [L, ...])
+  assert quantized == 8, quantized  # q, k, v, o, up, gate, down ([L, ...]) and lm_head
   codes = got["layers/mlp/wi_up"].codes          # [L, D * F / 2], D split 4 ways (fsdp)
   shard_shapes = {s.data.shape for s in codes.addressable_shards}
   print("CODES", codes.shape, sorted(shard_shapes), len(codes.sharding.device_set))
