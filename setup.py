@@ -8,6 +8,8 @@ setup(
     description="A JAX/Flax research codebase for large language models",
     python_requires=">=3.11",
     packages=find_packages(include=["lm", "lm.*"]),
+    # The built-in constitutions (lm/constitutional/constitutions/*.json).
+    package_data={"lm.constitutional": ["constitutions/*.json"]},
     install_requires=[
         "jax==0.10.2",
         "jaxlib==0.10.2",

@@ -15,6 +15,9 @@
             an lm workdir (prints it); cached under ~/.cache/lm/models
   lm eval   --workdir=runs/quickstart [--tasks=add,sort --source=builtin:stdlib --output=F]
             held-out built-in tasks (exact match, multiple choice), perplexity / bits per byte
+  lm constitutional [STEP] --config=configs/cai/synthetic.py --workdir=runs/cai
+            Constitutional AI: critique -> SFT -> label -> preference model -> RL / DPO ->
+            held-out evaluation, each step resumable; STEP (critique, label, ...) runs one
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
 
@@ -257,8 +260,24 @@ def evaluate(argv) -> None:
   print(f"Wrote {output}")
 
 
+def constitutional(argv) -> None:
+  """Runs (or resumes) the Constitutional AI pipeline of --config in --workdir, or one step of
+  it (`lm constitutional critique`), and prints the summary table."""
+  _require("config", "workdir")
+  # pylint: disable=import-outside-toplevel
+  from lm.constitutional import config as cai_config
+  from lm.constitutional import pipeline
+  if len(argv) > 2 or (len(argv) == 2 and argv[1] not in cai_config.STEPS):
+    raise app.UsageError(f"usage: lm constitutional [STEP] --config=... --workdir=...; the "
+                         f"steps are {', '.join(cai_config.STEPS)}")
+  runner = pipeline.Pipeline(FLAGS.config, FLAGS.workdir)
+  summaries = runner.run(only=argv[1] if len(argv) == 2 else None)
+  print(pipeline.format_summary(summaries))
+
+
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
-            "fetch": fetch, "plan": plan, "tokenizer": tokenizer, "eval": evaluate}
+            "fetch": fetch, "plan": plan, "tokenizer": tokenizer, "eval": evaluate,
+            "constitutional": constitutional}
 
 
 # Errors whose messages are written for the operator (they name the field, flag or file).

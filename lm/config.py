@@ -107,6 +107,35 @@ def base_config() -> ml_collections.ConfigDict:
   config.reward = ml_collections.ConfigDict()
   config.reward.center = 0.0              # weight of (r_chosen + r_rejected)^2: rewards near 0
 
+  # RL stages (stage="grpo": lm/stages/grpo.py; reward functions: lm/rl/rewards.py). Defaults
+  # follow TRL's GRPOTrainer (1.x) except beta (TRL: 0.0) and where the stage docstring says.
+  config.rl = ml_collections.ConfigDict()
+  config.rl.group_size = 8                # completions per prompt (TRL: num_generations)
+  config.rl.max_prompt_len = 64           # prompt tokens, left-padded; longer prompts skipped
+  config.rl.max_new_tokens = 32           # completion tokens at most (TRL:
+                                          # max_completion_length)
+  config.rl.temperature = 1.0             # sampling of the rollouts
+  config.rl.top_k = 0                     # 0: no limit
+  config.rl.top_p = 1.0                   # 1: no limit
+  config.rl.rollout_layout = "unrolled"   # unrolled: a per-layer copy of the weights inside
+                                          # the rollout jit, freed after it | scanned: decode
+                                          # from the state's stacked layers, no copy
+                                          # (experiments/rl/README.md measures both)
+  config.rl.reward = "exact"              # comma-separated: exact | format | true | model |
+                                          # module:function (lm/rl/rewards.py)
+  config.rl.reward_weights = ""           # comma-separated, one per reward; "": 1 each
+  config.rl.reward_model = ""             # reward="model": the workdir of a stage="reward" run
+  config.rl.epsilon = 0.2                 # clip the ratio below at 1 - epsilon
+  config.rl.epsilon_high = 0.0            # ... and above at 1 + epsilon_high; 0: = epsilon
+  config.rl.beta = 0.04                   # KL penalty to the frozen reference; 0: no reference
+  config.rl.kl_estimator = "k3"           # k1 | k3 (lm/rl/losses.py)
+  config.rl.scale_rewards = "group"       # advantages divided by the std of: group | batch | none
+  config.rl.loss_type = "token"           # sequence (GRPO) | token (DAPO, TRL's default) |
+                                          # dr_grpo (constant normaliser)
+  config.rl.num_iterations = 1            # updates per batch of rollouts (TRL: mu)
+  config.rl.samples_every = 50            # steps between samples written to samples.jsonl; 0: never
+  config.rl.samples = 4                   # completions written each time
+
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1                   # -1: every device not used by the other axes
   config.mesh.fsdp = 1

@@ -1,5 +1,5 @@
 """The layers import downwards only: model <- parallel <- train <- stages <- plan, cli
-(DESIGN.md). In particular the training loop imports no stage."""
+(DESIGN.md); lm.rl (rollouts, rewards, RL math) sits below the stages. In particular the training loop imports no stage."""
 
 import ast
 import pathlib
@@ -11,7 +11,9 @@ FORBIDDEN = {
     "model": ("lm.parallel", "lm.train", "lm.stages", "lm.plan", "lm.cli", "lm.infer"),
     "parallel": ("lm.train", "lm.stages", "lm.plan", "lm.cli"),
     "train": ("lm.stages", "lm.plan", "lm.cli"),
-    "stages": ("lm.plan", "lm.cli"),
+    "rl": ("lm.stages", "lm.plan", "lm.cli"),
+    "stages": ("lm.plan", "lm.cli", "lm.constitutional"),
+    "constitutional": ("lm.plan", "lm.cli"),
 }
 
 

@@ -76,6 +76,12 @@ _TASKS: dict[str, Callable[[np.random.Generator], Item]] = {
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
 
 
+def draw(task: str, rng: np.random.Generator) -> Item:
+  """One (question, answer) of `task` from `rng`, of either split (`is_held_out` tells which):
+  for worlds built on the tasks (lm/constitutional/world.py)."""
+  return _TASKS[check_tasks([task])[0]](rng)
+
+
 def is_held_out(task: str, question: str) -> bool:
   """Whether a question belongs to the held-out split: a hash of the question, not the seed."""
   digest = hashlib.sha256(f"{task}\0{question}".encode()).digest()

@@ -60,7 +60,9 @@ class RewardModel:
                                                                     last=last))
 
   def _row(self, prompt: Prompt, reply: str) -> tuple[np.ndarray, int]:
-    messages, *_ = formats.preference_of({"prompt": prompt, "chosen": reply, "rejected": reply})
+    # The prompt is validated as a pair's; the reply may be empty (an RL completion that ended
+    # at once is scored too: its row is the end-of-turn token alone).
+    messages, *_ = formats.preference_of({"prompt": prompt, "chosen": "-", "rejected": "-"})
     ids, mask = formats.render_reply(self.tokenizer, messages, reply)
     if len(ids) > self.model_config.max_seq_len:
       raise ValueError(f"prompt and reply have {len(ids)} tokens, more than "

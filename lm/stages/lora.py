@@ -47,6 +47,8 @@ class LoraStage:
       raise ValueError(f"lora.quantize={self.quantize!r} is not one of ['', 'nf4', 'int8']")
     self.double_quant = config.lora.double_quant
     self._shapes: dict[str, tuple[int, ...]] = {}
+    if hasattr(self.inner, "policy_of"):  # RL stages generate from the adapted policy
+      self.inner.policy_of = self.policy_of
 
   def __getattr__(self, name: str):  # batches, metrics, hooks: the inner stage's own
     return getattr(self.inner, name)
@@ -84,6 +86,17 @@ class LoraStage:
       # QLoRA: the base stays quantized; each weight is dequantized where its layer reads it
       return apply(lora_lib.join(params, frozen["base"]), tokens, **kwargs)
     return adapted
+
+  def policy_of(self, params: Any, frozen: Any) -> tuple[Any, Any]:
+    """(policy, reference) as plain model parameters, the adapters folded into the base (an
+    RL stage's rollouts decode with them): the reference is the stage's frozen tree, whose
+    adapters are the starting ones, folded in too."""
+    base = quant.dequantize_tree(frozen["base"])
+    policy = lora_lib.merge(lora_lib.join(params, base), self.lora)
+    reference = frozen.get("stage")
+    if reference is not None:
+      reference = lora_lib.merge(reference, self.lora)
+    return policy, reference
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: Batch):
     rngs = {"dropout": _dropout_key(self.seed, batch)} if self.lora.dropout else None

@@ -296,10 +296,16 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   timer_step, timer_start = start_step, time.perf_counter()
   log_step = start_step
   profiler = profile_lib.Profiler(t.profile_steps, workdir)
+  # RL stages: the step's batch of prompts becomes a batch of rollouts from the state's
+  # policy, with host-side metrics (rewards, rollout speed) logged beside the step's.
+  before_step = getattr(stage, "before_step", None)
+  hook_metrics: dict[str, float] = {}
 
   with preemption.StopRequest() as stop_request:
     for step in range(start_step, t.steps):
       batch = setup.to_global(next(train_data))
+      if before_step is not None:
+        batch, hook_metrics = before_step(state, batch, step, workdir)
       profiler.before_step(step)
       state, step_metrics = train_step(state, batch)
       profiler.after_step(step, (state, step_metrics))
@@ -314,7 +320,8 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         timer_step, timer_start = done, time.perf_counter()
 
       if done % t.log_every == 0 or done == t.steps or stop:
-        host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        host_metrics = {**{k: float(v) for k, v in jax.device_get(step_metrics).items()},
+                        **hook_metrics}
         if done > timer_step:
           seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
         else:  # only the compiling step so far

@@ -54,6 +54,10 @@ class Stage(Protocol):
   #                         model's "decoder"); the rest is initialised fresh. Absent: all.
   #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
   #                         (the source adds the file and line), while the source is prepared
+  #   before_step(state, batch, step, workdir) -> (batch, metrics)
+  #                         called before each train step with the step's global batch: the
+  #                         batch the step trains on (RL: rollouts of the policy in `state`)
+  #                         and host-side metrics (floats) logged with the step's
 
   def make_model(self, model_config: ModelConfig) -> nn.Module:
     """The module trained: the Decoder, or the Decoder with a head."""

@@ -153,16 +153,16 @@ def test_reward_model_starts_from_a_workdir_with_a_fresh_head_and_scores_replies
   assert float(jnp.abs(rm.params["reward_head"]).sum()) > 0
 
   tokenizer = tokenizer_lib.get("byte")
-  prompts = ["Add: 2+2", [{"role": "user", "content": "Sort: c a b"}], "Add: 2+2"]
-  replies = ["4", "a b c, I hope that helps.", "5 honestly"]
-  batch = rm.score_batch(prompts, replies)
+  prompts = ["Add: 2+2", [{"role": "user", "content": "Sort: c a b"}], "Add: 2+2", "Add: 1+1"]
+  replies = ["4", "a b c, I hope that helps.", "5 honestly", ""]   # "": an RL completion
+  batch = rm.score_batch(prompts, replies)                           # that ended at once
   for i, (prompt, reply) in enumerate(zip(prompts, replies)):
-    messages = formats.preference_of({"prompt": prompt, "chosen": reply, "rejected": reply})[0]
+    messages = formats.preference_of({"prompt": prompt, "chosen": "-", "rejected": "-"})[0]
     ids = tokenizer.render_chat(messages + [{"role": "assistant", "content": reply}])
     scores = rm.model.apply({"params": rm.params}, jnp.asarray([ids]))  # [1, T]
     assert batch[i] == pytest.approx(float(scores[0, -1]), abs=1e-5)
     assert rm.score(prompt, reply) == pytest.approx(batch[i], abs=1e-5)
-  assert len(set(np.round(batch, 6))) == 3
+  assert len(set(np.round(batch, 6))) == 4
 
 
 def test_padding_rows_of_the_held_out_set_weigh_nothing(data_cache):

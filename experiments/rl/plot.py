@@ -1,0 +1,75 @@
+"""One PNG per GRPO run: sampled reward, KL to the reference, entropy, and held-out exact
+match (greedy) per task over steps.
+
+    python experiments/rl/evaluate.py runs/grpo_tasks     # writes runs/grpo_tasks/exact_match.json
+    python experiments/rl/plot.py runs/grpo_tasks [runs/grpo_lookup ...]
+
+Reads each workdir's metrics.jsonl (and exact_match.json when there) and writes
+experiments/rl/<run name>.png. Train-side curves are smoothed over 10 logged points (the
+per-step reward of 128 samples is noisy). Needs the `plot` extra (matplotlib).
+"""
+
+import json
+import os
+import sys
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SMOOTH = 10
+
+
+def series(records: list[dict], name: str) -> tuple[np.ndarray, np.ndarray]:
+  points = [(r["step"], r[name]) for r in records if name in r]
+  return np.array([s for s, _ in points]), np.array([v for _, v in points])
+
+
+def smoothed(values: np.ndarray) -> np.ndarray:
+  kernel = np.ones(min(SMOOTH, len(values))) / min(SMOOTH, len(values))
+  return np.convolve(values, kernel, mode="valid") if len(values) else values
+
+
+def plot(workdir: str) -> str:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for name, label in (("rewards/exact/mean", "sampled exact match (T=1)"),
+                      ("reward", "reward (exact + 0.1 format)")):
+    steps, values = series(records, name)
+    if len(values):
+      line, = axes[0].plot(steps[len(steps) - len(smoothed(values)):], smoothed(values),
+                           label=label)
+      axes[0].plot(steps, values, alpha=0.25, color=line.get_color())
+  axes[0].set_title("rollout reward per step (smoothed)")
+  axes[0].legend()
+  for name in ("kl", "entropy"):
+    steps, values = series(records, name)
+    line, = axes[1].plot(steps[len(steps) - len(smoothed(values)):], smoothed(values),
+                         label=name)
+    axes[1].plot(steps, values, alpha=0.25, color=line.get_color())
+  axes[1].set_title("KL(policy || SFT) and entropy, nats per completion token")
+  axes[1].legend()
+  path = os.path.join(workdir, "exact_match.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      results = {int(k): v for k, v in json.load(f).items()}
+    steps = sorted(results)
+    for task in sorted(results[steps[0]]):
+      axes[2].plot(steps, [100 * results[s][task] for s in steps], marker="o", label=task)
+    axes[2].set_title("held-out exact match, greedy (step 0 = SFT), %")
+    axes[2].legend()
+  for ax in axes:
+    ax.set_xlabel("step")
+  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.tight_layout()
+  out = os.path.join(HERE, os.path.basename(os.path.normpath(workdir)) + ".png")
+  fig.savefig(out, dpi=80)
+  return out
+
+
+if __name__ == "__main__":
+  for workdir in sys.argv[1:]:
+    print(plot(workdir))
