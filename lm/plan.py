@@ -16,8 +16,11 @@ It sits above lm/train/ and lm/stages/ (it builds the stage's real training step
 lm/parallel/ stays below them.
 
 Memory per device:
-  parameters       float32, sharded by the rules: the trainable ones, and the stage's frozen
-                   ones (a reference model, a LoRA base) beside them, sharded alike.
+  parameters       float32, sharded by the rules: the trainable ones (LoRA: the adapters), and
+                   the stage's frozen ones (a reference model, a LoRA base) beside them,
+                   sharded alike; a QLoRA base's weight matrices as their codes and scales
+                   (NF4: 4.5 bits a weight, 4.13 with double quantization; int8: 8.5), split
+                   like the weight's first axis where it divides (lm/model/quant.py).
   gradients        float32, sharded like the parameters; twice that with grad_accum > 1
                    (the running sum and the micro-batch's gradient).
   optimizer state  the real optax state (`jax.eval_shape(tx.init, params)`) laid out as
@@ -31,7 +34,8 @@ Memory per device:
         none           s(2d + 2nH + 2kH + c f + nT) + 4(6d + nT + 2n + 4)
                        c = 8 for GeGLU, else 6; the 4(...) part is float32: norm internals,
                        attention logits and softmax statistics. When s < 4 the block's weight
-                       matrices are saved again in the compute dtype.
+                       matrices are saved again in the compute dtype
+                       (not a QLoRA base's: its matmuls dequantize them again).
         dots           s(2d + 2nH + 2kH + g f) + 4 nT   (g = 2 for gated MLPs, else 1)
         dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
         full           s d                              (only the block's input)
@@ -47,7 +51,8 @@ Memory per device:
     the output layer's backward = 8 m' v + (s + 4) V D / ways(vocab, embed without batch
       axes): float32 logits kept for the loss gradient and that gradient; the output
       projection gathered in the compute dtype and its full float32 gradient before the
-      reduce-scatter. m' = m, or with model.loss_chunk = C the tokens of one chunk,
+      reduce-scatter (none for a LoRA base's frozen projection). m' = m, or with
+      model.loss_chunk = C the tokens of one chunk,
       m C / T (lm/model/output.py).
 
   Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
@@ -94,6 +99,7 @@ from lm import plan_rl
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import ModelConfig
+from lm.model import quant
 from lm.model.attention import attention_kernel
 from lm.model.heads import RewardModel
 from lm.parallel import mesh as mesh_lib
@@ -206,6 +212,8 @@ class Plan:
   dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
   attention: str = "xla"      # the attention kernel model.attention resolves to on the target
   rollout: plan_rl.Rollout | None = None  # RL stages: the rollout phase (lm/plan_rl.py)
+  lora: str = ""              # "LoRA r=8": the trainable parameters are adapters
+  frozen_storage: str = "float32"  # how the frozen tree is stored (a QLoRA base: "nf4 ...")
 
   @property
   def total(self) -> float:
@@ -314,13 +322,16 @@ def _block_bytes(abstract_params: Any, shardings: Any, mesh: dict[str, int], num
 def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
                      rules: rules_lib.Rules, mesh: dict[str, int],
                      model_axes: dict[str, int], block_matrices: float,
-                     block_gathered: float, kernel: str = "xla") -> Activations:
+                     block_gathered: float, kernel: str = "xla",
+                     quantized: bool = False, frozen_output: bool = False) -> Activations:
   """Activation bytes per device (the formula in the module docstring).
 
   `model_axes`: the mesh with the batch axes set to 1 (weights gathered for a matmul);
   `block_matrices`: one block's weight matrices per device, float32; `block_gathered`:
   one block's parameters per device once gathered over the batch axes, float32; `kernel`:
-  the attention kernel on the target (`attention_kernel`).
+  the attention kernel on the target (`attention_kernel`); `quantized`: a QLoRA base, whose
+  weights the backward pass dequantizes again rather than keeps; `frozen_output`: the output
+  projection is frozen (a LoRA base), so it has no float32 gradient.
   """
   s = model.compute_dtype.itemsize
   d = -(-model.d_model // _ways("act_embed", rules, mesh))
@@ -343,7 +354,7 @@ def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
       saved=saved,
       block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len, fused)
                       + block_gathered * s / 4),
-      output_backward=logit_tokens * v * 8 + output_weights * (s + 4))
+      output_backward=logit_tokens * v * 8 + output_weights * (s + (0 if frozen_output else 4)))
 
 
 def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
@@ -376,7 +387,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * 3)
   abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   params = _per_device_bytes(abstract.params, shardings.params, sizes)
-  frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)
+  frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)  # codes where quantized
+  lora = getattr(stage, "lora", None)
+  quantize = getattr(stage, "quantize", "") if lora else ""
   opt_state = _per_device_bytes(abstract.opt_state, shardings.opt_state, sizes)
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
@@ -395,7 +408,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   # RL losses read whole logits (log-probs and entropy of every completion token): no chunks.
   activations = activation_bytes(model_config.replace(loss_chunk=0) if plan_rl.is_rl(config)
                                  else model_config, micro_batch, seq_len, rules, sizes,
-                                 model_axes, block_matrices, block_gathered, kernel)
+                                 model_axes, block_matrices, block_gathered, kernel,
+                                 quantized=bool(quantize), frozen_output=lora is not None)
   if plan_rl.is_rl(config):
     activations = plan_rl.update_activations(config, activations)
 
@@ -437,7 +451,9 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               flops_per_step=flops_per_step,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
               num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
-              attention=kernel, rollout=rollout)
+              attention=kernel, rollout=rollout, lora=f"LoRA r={lora.rank}" if lora else "",
+              frozen_storage=quant.describe(quantize, stage.double_quant) if quantize
+              else "float32")
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -481,11 +497,13 @@ def format_plan(p: Plan) -> str:
   """The plan as a small table and a few lines, for the terminal."""
   m, c, a = p.model, p.compiled, p.activations
   unit, scale = ("GiB", GiB) if p.total >= GiB else ("MiB", 2 ** 20)
-  rows = [("parameters (float32)", p.params, None),
-          *([("frozen parameters (float32)", p.frozen, None)] if p.num_frozen else []),
-          ("gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
+  of = "adapter " if p.lora else ""
+  rows = [(f"{p.lora + ' adapters' if p.lora else 'parameters'} (float32)", p.params, None),
+          *([(f"frozen {'base' if p.lora else 'parameters'} ({p.frozen_storage})", p.frozen,
+              None)] if p.num_frozen else []),
+          (f"{of}gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
            p.gradients, None),
-          (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
+          (f"{of}optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
   kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
              + ("logits whole (RL losses read every completion token's distribution)"
@@ -503,11 +521,13 @@ def format_plan(p: Plan) -> str:
   mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
   where = (f"{p.num_devices} x {p.accelerator.name}" if p.num_slices == 1 else
            f"{p.num_slices} slices x {p.num_devices // p.num_slices} x {p.accelerator.name}")
-  header = f"{'per device':34s}{'analytic ' + unit:>14s}"
+  width = max(34, *(len(name) + 2 for name, _, _ in rows))
+  header = f"{'per device':{width}s}{'analytic ' + unit:>14s}"
   if c:
     header += f"{'compiled ' + unit:>14s}  (XLA on {c.device_kind})"
   lines = [
-      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters"
+      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B "
+      + (f"{p.lora} adapter parameters" if p.lora else "parameters")
       + (f" (+{p.num_frozen / 1e9:.3f}B frozen)" if p.num_frozen else "") + ", on "
       f"{where} (mesh {mesh})",
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
@@ -515,7 +535,7 @@ def format_plan(p: Plan) -> str:
       f"{p.mesh['data'] * p.mesh['fsdp']})",
       kernels, "", header]
   for name, analytic, compiled in rows:
-    line = f"{name:34s}{analytic / scale:14.3f}"
+    line = f"{name:{width}s}{analytic / scale:14.3f}"
     if compiled:
       line += f"{compiled[0] / scale:14.3f}  {compiled[1]}"
     lines.append(line)

@@ -31,6 +31,7 @@ from lm import config as config_lib
 from lm.data import pipeline as pipeline_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
+from lm.interop import base_ref
 from lm.interop import convert as init_from_lib
 from lm.model import Decoder, ModelConfig
 from lm.parallel import mesh as mesh_lib
@@ -208,11 +209,13 @@ def load_init_from(setup: Setup) -> Any:
   """The model's parameter tree at step 0: what `init_from` holds (a Decoder's tree) placed
   as the stage's model places it, under the stage's `pretrained_key` (a reward model's
   "decoder") where it names one; the model's other parameters (a head, LoRA adapters)
-  freshly initialised from the seed (`params_with`)."""
+  freshly initialised from the seed (`params_with`). A stage with `import_leaf` (QLoRA) has
+  each leaf replaced as it is read (quantized)."""
   config, key = setup.config, getattr(setup.stage, "pretrained_key", None)
   shardings = setup.model_shardings if key is None else setup.model_shardings[key]
   loaded = init_from_lib.load_params(config.init_from, setup.model_config,
-                                     state_lib.subtree(shardings, setup.imported_params))
+                                     state_lib.subtree(shardings, setup.imported_params),
+                                     getattr(setup.stage, "import_leaf", None))
   if key is not None:
     loaded = {key: loaded}
   params = state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
@@ -245,6 +248,11 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
                                                         setup.shardings.frozen))
   if restored is None and state.frozen is not None:
     checkpoint_lib.save_frozen(workdir, state.frozen)
+  if config.lora.rank and config.init_from:  # adapters: the base they belong to (base.json)
+    if restored is None and jax.process_index() == 0:
+      base_ref.write(workdir, config.init_from)
+    elif restored is not None:
+      base_ref.check(workdir)
   if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
     save_config(config, workdir)
     tokenizer_lib.save_chat_template(setup.tokenizer, workdir)  # what lm chat / serve render

@@ -54,6 +54,9 @@ class Stage(Protocol):
   #                         model's "decoder"); the rest is initialised fresh. Absent: all.
   #   check_record(record)  raises ValueError naming the malformed field of a jsonl: record
   #                         (the source adds the file and line), while the source is prepared
+  #   import_leaf(path, leaf) -> leaf
+  #                         each leaf of `init_from` as it is read (QLoRA: quantized there,
+  #                         so no host holds a float copy of the whole import)
   #   before_step(state, batch, step, workdir) -> (batch, metrics)
   #                         called before each train step with the step's global batch: the
   #                         batch the step trains on (RL: rollouts of the policy in `state`)
