@@ -148,6 +148,7 @@ class Batcher:
 
 class Server(http.server.ThreadingHTTPServer):
   daemon_threads = True
+  request_queue_size = 128  # listen() backlog: a burst of clients beyond it waits for SYN retries
 
   def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, limits: Limits | None = None):

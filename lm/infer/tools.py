@@ -30,11 +30,8 @@ from typing import Any, Sequence
 from lm.infer import constrain
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
-TOOLS_PROMPT = (
-    "You can call tools. To call one, reply with\n"
-    '<tool_call>{"name": "TOOL_NAME", "input": {...}}</tool_call>\n'
-    "where the input follows the tool's input_schema. The result comes back in the next "
-    "turn as <tool_result>...</tool_result>. The tools:\n")
+TOOLS_PROMPT = ('Call a tool: <tool_call>{"name": NAME, "input": INPUT}</tool_call>. Results '
+                "come as <tool_result>...</tool_result>. Tools:\n")
 
 
 class ToolError(ValueError):
@@ -146,7 +143,8 @@ def call_format(tokenizer: Any) -> CallFormat:
 def describe(tools: Sequence[Tool]) -> str:
   """The tools as the default format's system prompt lists them, one JSON line each."""
   return TOOLS_PROMPT + "\n".join(
-      json.dumps({"name": t.name, "description": t.description, "input_schema": t.input_schema})
+      json.dumps({"name": t.name, "description": t.description, "input_schema": t.input_schema},
+                 separators=(",", ":"), ensure_ascii=False)
       for t in tools)
 
 

@@ -1,0 +1,187 @@
+"""Tool use and count_tokens (lm/infer/tools.py, constrain.py, chat.py, server.py), driven by
+the official `anthropic` SDK against `lm serve`'s server on loopback.
+
+The sampled calls come from the tiny noise model (tests/infer/models.py), which knows
+nothing of JSON: every call it makes parses and validates only because of the grammar.
+SDK 2.14 has no `temperature` argument: it goes in `extra_body` (the server defaults to 1).
+The round trip (tool_use -> tool_result -> answer) runs SmolLM2-135M-Instruct when `lm
+fetch` has it cached or can download it (as tests/interop/test_gguf.py), else is skipped.
+"""
+
+import concurrent.futures
+import json
+import threading
+import time
+
+import anthropic
+import jax
+import jax.numpy as jnp
+import jsonschema
+import numpy as np
+import pytest
+
+from lm.data import tokenizer as tokenizer_lib
+from lm.infer import chat as chat_lib
+from lm.infer import constrain
+from lm.infer import server as server_lib
+from lm.infer.engine import Engine
+from lm.infer.sampling import GREEDY
+from tests.infer import models
+
+# Short names keep the byte-level prompt (tools described in it) under 512 tokens.
+WEATHER = {"name": "weather", "description": "",
+           "input_schema": {
+               "type": "object",
+               "properties": {
+                   "c": {"type": "string", "maxLength": 4},
+                   "u": {"enum": ["C", "F"]},
+                   "d": {"type": "integer", "minimum": 1, "maximum": 7},
+                   "t": {"type": "array", "maxItems": 2,
+                         "items": {"type": "string", "pattern": "^[a-z]{1,3}$"}}},
+               "required": ["c", "u", "d"], "additionalProperties": False}}
+ADD = {"name": "add", "description": "a+b",
+       "input_schema": {"type": "object",
+                        "properties": {"a": {"type": "integer", "minimum": -9, "maximum": 9},
+                                       "b": {"type": "integer", "minimum": -9, "maximum": 9}},
+                        "required": ["a", "b"], "additionalProperties": False}}
+PING = {"name": "ping", "input_schema": {"type": "object", "properties": {},
+                                        "additionalProperties": False}}
+SCHEMAS = {t["name"]: t["input_schema"] for t in (WEATHER, ADD, PING)}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+# One shape for the single requests (batch 1, prompt bucket 512, 256 new-token columns), so
+# that they share compiled programs.
+ONE = dict(model="lm", max_tokens=256, messages=ASK)
+
+
+@pytest.fixture(scope="module")
+def engine():
+  """The tiny noise model with a context long enough for the tools' description."""
+  config = models.TINY.replace(max_seq_len=2048)
+  return Engine(config, jax.tree.map(jnp.asarray, models.noise_params()),
+                tokenizer_lib.ByteTokenizer())
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+  server = server_lib.Server(engine, "127.0.0.1", 0, limits=server_lib.Limits(
+      max_tokens=256, max_batch=128, max_queue=128))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  yield server
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.fixture(scope="module")
+def sdk(server):
+  return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+
+
+def test_constrained_greedy_takes_the_best_allowed_token(engine):
+  """Greedy decoding under a grammar picks, at each step, the argmax of the model's own
+  logits over the tokens the grammar allows (computed here from the full forward pass)."""
+  vocab = constrain.vocabulary(engine.tokenizer, [262])
+  constraint = constrain.Constraint(constrain.lark('start: /[0-9]{3}-[a-c]{2}/\n'), vocab)
+  prompt = [int(t) for t in engine.tokenizer.encode("Number: " * 40)]  # bucket 512, as ONE
+  [completion] = engine.generate([prompt], max_new_tokens=256, sampling=GREEDY,
+                                 stop_token_ids=[262], constraints=[constraint])
+  assert completion.stop_reason == "end_turn"
+  text = engine.tokenizer.decode(completion.tokens)
+  assert len(text) == 6 and text[:3].isdigit() and text[3] == "-" and set(text[4:]) <= set("abc")
+  ids = jnp.asarray([prompt + completion.tokens])
+  logits = np.asarray(engine.model.apply({"params": engine.params}, ids))[0]
+  for j, token in enumerate(completion.tokens):
+    allowed = [ord(c) for c in "0123456789"] if j < 3 else [ord("-")] if j == 3 else (
+        [ord(c) for c in "abc"] if j < 6 else [262])
+    row = logits[len(prompt) - 1 + j]
+    assert token == allowed[int(np.argmax(row[allowed]))], j
+
+
+def test_100_sampled_calls_parse_and_validate(sdk, server):
+  """Temperature 1, tool_choice any: every reply is one tool_use block with an input valid
+  under the schema (the noise model alone writes no JSON at all). The requests are held
+  until all have queued, so that they decode as one batch."""
+  def call(_):
+    return sdk.messages.create(**ONE, extra_body={"temperature": 1.0}, tools=[WEATHER],
+                               tool_choice={"type": "any", "disable_parallel_tool_use": True})
+  server.batcher.admit.clear()
+  try:
+    with concurrent.futures.ThreadPoolExecutor(100) as pool:
+      futures = [pool.submit(call, i) for i in range(100)]
+      deadline = time.monotonic() + 60
+      while server.batcher.jobs.qsize() < 99:  # one held by the engine thread
+        assert time.monotonic() < deadline, server.batcher.jobs.qsize()
+        time.sleep(0.01)
+      server.batcher.admit.set()
+      replies = [f.result() for f in futures]
+  finally:
+    server.batcher.admit.set()
+  assert server.batcher.history[-1].size == 100
+  inputs = []
+  for reply in replies:
+    assert reply.stop_reason == "tool_use", reply
+    [use] = reply.content
+    assert use.type == "tool_use" and use.name == "weather" and use.id.startswith("toolu_")
+    jsonschema.validate(use.input, WEATHER["input_schema"])
+    inputs.append(json.dumps(use.input, sort_keys=True))
+  assert len(set(inputs)) > 90  # sampled, not one fixed reply
+
+
+def test_tool_choice_tool_and_none(sdk, server):
+  reply = sdk.messages.create(**ONE, extra_body={"temperature": 1.0}, tools=[PING, ADD],
+                              tool_choice={"type": "tool", "name": "add",
+                                           "disable_parallel_tool_use": True})
+  [use] = reply.content
+  assert use.name == "add" and reply.stop_reason == "tool_use"
+  jsonschema.validate(use.input, SCHEMAS["add"])
+  # "none": the tools are still described, but the reply is free text (no grammar).
+  request = chat_lib.parse_request({**ONE, "tools": [WEATHER], "tool_choice": {"type": "none"}})
+  assert server.chat.constraint(request) is None
+  assert '"name":"weather"' in server.chat.tokenizer.decode(server.chat.prompt(request))
+
+
+def test_streamed_tool_use_equals_the_message(sdk):
+  request = dict(**ONE, extra_body={"temperature": 0}, tools=[PING, ADD],
+                 tool_choice={"type": "any"})
+  plain = sdk.messages.create(**request)
+  with sdk.messages.stream(**request) as stream:
+    final = stream.get_final_message()
+  assert final.stop_reason == plain.stop_reason == "tool_use"
+  assert [(b.name, b.input) for b in final.content] == [(b.name, b.input) for b in plain.content]
+
+
+def history(use_id="toolu_1"):
+  return ASK + [
+      {"role": "assistant", "content": [
+          {"type": "text", "text": "Ok."},
+          {"type": "tool_use", "id": use_id, "name": "add", "input": {"a": 1, "b": 2}}]},
+      {"role": "user", "content": [
+          {"type": "tool_result", "tool_use_id": "toolu_1",
+           "content": [{"type": "text", "text": "3"}]}]}]
+
+
+def test_count_tokens_equals_the_prompt_tokens_of_create(sdk):
+  for fields in (dict(messages=ASK, tools=[WEATHER]),
+                 dict(messages=ASK, system="Be brief.", tools=[WEATHER]),
+                 dict(messages=history(), tools=[ADD])):
+    counted = sdk.messages.count_tokens(model="lm", **fields).input_tokens
+    created = sdk.messages.create(**{**ONE, **fields}, extra_body={"temperature": 0},
+                                  tool_choice={"type": "any"})
+    assert counted == created.usage.input_tokens > 300  # the tools are in the prompt
+  with pytest.raises(anthropic.BadRequestError, match="answers no tool_use"):
+    sdk.messages.count_tokens(model="lm", messages=history(use_id="toolu_2"), tools=[ADD])
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(tools=[{"name": "bad name", "input_schema": {"type": "object"}}]), "tools.0.name"),
+    (dict(tools=[{"name": "f", "input_schema": {"type": "string"}}]), "input_schema"),
+    (dict(tools=[WEATHER, WEATHER]), "defined twice"),
+    (dict(tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}), "tool_choice.name"),
+    (dict(tool_choice={"type": "any"}), "needs tools"),
+    (dict(tools=[WEATHER], tool_choice={"type": "sometimes"}), "tool_choice"),
+    (dict(messages=[{"role": "user", "content": [{"type": "tool_use", "id": "x", "name": "f",
+                                                   "input": {}}]}]), "user blocks"),
+])
+def test_malformed_tool_requests_name_the_field(fields, message):
+  body = {"max_tokens": 8, "messages": ASK, **fields}
+  with pytest.raises(chat_lib.RequestError, match=message):
+    chat_lib.parse_request(body)
