@@ -5,11 +5,13 @@ The sampled calls come from the tiny noise model (tests/infer/models.py), which 
 nothing of JSON: every call it makes parses and validates only because of the grammar.
 SDK 2.14 has no `temperature` argument: it goes in `extra_body` (the server defaults to 1).
 The round trip (tool_use -> tool_result -> answer) runs SmolLM2-135M-Instruct when `lm
-fetch` has it cached or can download it (as tests/interop/test_gguf.py), else is skipped.
+fetch` has it cached or can download it (as tests/interop/test_gguf.py), else is skipped;
+it costs about a minute here (load and compile), so it runs only with LM_TEST_SMOLLM2=1.
 """
 
 import concurrent.futures
 import json
+import os
 import threading
 import time
 
@@ -26,6 +28,7 @@ from lm.infer import constrain
 from lm.infer import server as server_lib
 from lm.infer.engine import Engine
 from lm.infer.sampling import GREEDY
+from lm.interop import fetch as fetch_lib
 from tests.infer import models
 
 # Short names keep the byte-level prompt (tools described in it) under 512 tokens.
@@ -185,3 +188,42 @@ def test_malformed_tool_requests_name_the_field(fields, message):
   body = {"max_tokens": 8, "messages": ASK, **fields}
   with pytest.raises(chat_lib.RequestError, match=message):
     chat_lib.parse_request(body)
+
+
+@pytest.mark.skipif(not os.environ.get("LM_TEST_SMOLLM2"),
+                    reason="about a minute on 2 CPU cores: set LM_TEST_SMOLLM2=1 to run it")
+def test_smollm2_tool_round_trip():
+  """tool_use -> tool_result -> final answer with the real instruct model, greedy: the call
+  validates, and the answer uses the tool's result (18, which the question does not hold)."""
+  try:
+    workdir = fetch_lib.fetch("smollm2-135m-instruct")
+  except RuntimeError as e:
+    pytest.skip(f"SmolLM2 not available: {e}")
+  server = server_lib.Server(Engine.from_workdir(workdir), "127.0.0.1", 0)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    client = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+    tool = {"name": "get_weather", "description": "Current weather in a city.",
+            "input_schema": {"type": "object",
+                             "properties": {"city": {"type": "string", "maxLength": 40},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+                             "required": ["city", "unit"], "additionalProperties": False}}
+    ask = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    request = dict(model="lm", max_tokens=64, tools=[tool], extra_body={"temperature": 0})
+    reply = client.messages.create(**request, messages=ask, tool_choice={
+        "type": "any", "disable_parallel_tool_use": True})
+    assert reply.stop_reason == "tool_use"
+    [use] = reply.content
+    jsonschema.validate(use.input, tool["input_schema"])
+    assert use.input["city"] == "Paris"
+    turns = ask + [{"role": "assistant", "content": [use.model_dump()]},
+                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                 "content": "18 degrees celsius, sunny"}]}]
+    final = client.messages.create(**request, messages=turns)
+    assert final.stop_reason == "end_turn" and final.content[0].type == "text"
+    assert "18" in final.content[0].text
+    counted = client.messages.count_tokens(model="lm", messages=turns, tools=[tool])
+    assert counted.input_tokens == final.usage.input_tokens
+  finally:
+    server.shutdown()
+    server.server_close()
