@@ -144,12 +144,13 @@ def test_tool_choice_tool_and_none(sdk, server):
 
 def test_streamed_tool_use_equals_the_message(sdk):
   request = dict(**ONE, extra_body={"temperature": 0}, tools=[PING, ADD],
-                 tool_choice={"type": "any"})
+                 tool_choice={"type": "tool", "name": "add"})
   plain = sdk.messages.create(**request)
   with sdk.messages.stream(**request) as stream:
     final = stream.get_final_message()
   assert final.stop_reason == plain.stop_reason == "tool_use"
   assert [(b.name, b.input) for b in final.content] == [(b.name, b.input) for b in plain.content]
+  assert set(final.content[0].input) == {"a", "b"}
 
 
 def history(use_id="toolu_1"):
