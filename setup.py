@@ -36,6 +36,9 @@ setup(
         # Constrained decoding of tool calls: JSON schema -> grammar -> token masks
         # (lm/infer/constrain.py).
         "llguidance==1.9.1",
+        # BM25 over a folder of documents: `lm chat --docs`, `lm serve --docs`
+        # (lm/infer/retrieval.py).
+        "bm25s==0.3.16",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).

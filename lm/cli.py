@@ -2,7 +2,7 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
-  lm chat   --workdir=runs/quickstart [--system="..."]     an interactive chat in the terminal
+  lm chat   --workdir=runs/quickstart [--system="..."] [--docs=DIR]   a chat in the terminal
   lm serve  --workdir=runs/quickstart [--host=127.0.0.1 --port=8000 --api_key=...]
             the Messages API: POST /v1/messages (streaming too), GET /health
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
@@ -48,6 +48,10 @@ flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up t
                    "probability (nucleus); 1 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample, chat: random seed; eval: seed of the task items.")
 flags.DEFINE_string("system", None, "chat: the system prompt.")
+flags.DEFINE_string("docs", None, "chat, serve: a folder of .txt / .md documents to retrieve "
+                    "passages from (BM25; chat: every turn; serve: requests with "
+                    "\"retrieval\": true).")
+flags.DEFINE_integer("retrieval_k", 3, "chat --docs: passages retrieved per turn.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
                     "interface; set --api_key then).")
 flags.DEFINE_integer("port", 8000, "serve: port to listen on (0: any free port).")
@@ -135,10 +139,21 @@ def chat(argv) -> None:
   del argv
   _require("workdir")
   from lm.infer import chat as chat_lib  # pylint: disable=import-outside-toplevel
-  client = chat_lib.Client(FLAGS.workdir)
+  index = _docs_index()
+  client = chat_lib.Client(FLAGS.workdir, index=index)
   chat_lib.interactive(client, system=FLAGS.system, max_tokens=FLAGS.max_new_tokens,
                        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                       seed=FLAGS.seed)
+                       seed=FLAGS.seed, retrieval_k=FLAGS.retrieval_k)
+
+
+def _docs_index():
+  """The retrieval index of --docs (None without it); a bad folder is a ValueError (exit 2)."""
+  if FLAGS.docs is None:
+    return None
+  from lm.infer import retrieval  # pylint: disable=import-outside-toplevel
+  index = retrieval.Index.from_folder(FLAGS.docs)
+  print(f"Indexed {len(index.passages)} passages from {FLAGS.docs}", file=sys.stderr)
+  return index
 
 
 def serve(argv) -> None:
@@ -149,8 +164,9 @@ def serve(argv) -> None:
   from lm.infer import server as server_lib  # pylint: disable=import-outside-toplevel
   from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   limits = server_lib.Limits(max_batch=FLAGS.max_batch, max_tokens=FLAGS.max_tokens_limit)
+  index = _docs_index()
   server_lib.serve(Engine.from_workdir(FLAGS.workdir), FLAGS.host, FLAGS.port,
-                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits)
+                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits, index=index)
 
 
 def convert(argv) -> None:

@@ -32,9 +32,9 @@ from lm.infer.sampling import SamplingParams
 
 STOP_REASONS = ("end_turn", "max_tokens", "stop_sequence", "tool_use")
 _REQUEST_FIELDS = {"model", "messages", "max_tokens", "system", "temperature", "top_k", "top_p",
-                   "stop_sequences", "stream", "metadata", "tools", "tool_choice"}
+                   "stop_sequences", "stream", "metadata", "tools", "tool_choice", "retrieval"}
 _UNSUPPORTED_FIELDS = {"thinking", "container", "mcp_servers"}
-_COUNT_FIELDS = {"model", "messages", "system", "tools", "tool_choice"}
+_COUNT_FIELDS = {"model", "messages", "system", "tools", "tool_choice", "retrieval"}
 
 
 class RequestError(ValueError):
@@ -81,9 +81,13 @@ class Message:
   stop_reason: str | None
   stop_sequence: str | None = None
   usage: Usage
+  retrieval: dict | None = None  # not in the Messages API: the passages given and cited
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    out = dataclasses.asdict(self)
+    if out["retrieval"] is None:
+      del out["retrieval"]
+    return out
 
 
 # -- Requests -----------------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class ChatRequest:
   model: str | None = None  # as the request gave it; ignored (one model serves every request)
   tools: list[tools_lib.Tool] = dataclasses.field(default_factory=list)
   tool_choice: tools_lib.ToolChoice = tools_lib.ToolChoice()
+  retrieval: int = 0        # passages to retrieve into the system prompt (0: none)
+  passages: list = dataclasses.field(default_factory=list)  # retrieved, set by Chat.prompt
 
 
 def _blocks(content: Any, role: str, where: str) -> dict:
@@ -247,7 +253,20 @@ def parse_request(body: Any, max_tokens_limit: int | None = None,
     raise RequestError(str(e)) from None
   return ChatRequest(messages=clean, max_tokens=max_tokens, system=system or None,
                      sampling=sampling, stop_sequences=list(stops), stream=stream, model=model,
-                     tools=tools, tool_choice=tool_choice)
+                     tools=tools, tool_choice=tool_choice,
+                     retrieval=_retrieval(body.get("retrieval")))
+
+
+def _retrieval(value: Any) -> int:
+  """The "retrieval" field (not in the Messages API): true (3 passages), false, or
+  {"top_k": k}."""
+  if value is None or value is False:
+    return 0
+  if value is True:
+    return 3
+  if isinstance(value, dict) and set(value) <= {"top_k"}:
+    return _number(value, "top_k", int, 1, 50) or 3
+  raise RequestError("retrieval: must be true, false or {'top_k': k}")
 
 
 # -- Prompts ------------------------------------------------------------------------------------
@@ -373,9 +392,12 @@ def stream_events(snapshots: Iterator[Any], request: ChatRequest, model: str,
     yield {"type": "content_block_delta", "index": index,
            "delta": {"type": "input_json_delta", "partial_json": json.dumps(call.input)}}
     yield {"type": "content_block_stop", "index": index}
-  yield {"type": "message_delta",
-         "delta": {"stop_reason": reason, "stop_sequence": completion.stop_sequence},
-         "usage": {"output_tokens": len(completion.tokens)}}
+  delta = {"type": "message_delta",
+           "delta": {"stop_reason": reason, "stop_sequence": completion.stop_sequence},
+           "usage": {"output_tokens": len(completion.tokens)}}
+  if request.retrieval:
+    delta["retrieval"] = Chat.citations(completion.text, request)
+  yield delta
   yield {"type": "message_stop"}
 
 
@@ -388,8 +410,9 @@ def random_seed() -> int:
 class Chat:
   """One engine serving chat requests: prompt rendering, limits, and the engine call."""
 
-  def __init__(self, engine: Any, model_name: str | None = None):
+  def __init__(self, engine: Any, model_name: str | None = None, index: Any = None):
     self.engine = engine
+    self.index = index  # lm.infer.retrieval.Index: the documents requests may retrieve from
     self.tokenizer = engine.tokenizer
     self.model_name = model_name or getattr(engine, "name", "lm")
     self.stop_ids = stop_token_ids(self.tokenizer)
@@ -397,7 +420,10 @@ class Chat:
 
   def prompt(self, request: ChatRequest) -> list[int]:
     """The prompt's token ids; RequestError when it and max_tokens exceed the context."""
-    ids = render(self.tokenizer, request.messages, request.system, request.tools)
+    system = request.system
+    if request.retrieval:
+      system = self._ground(request)
+    ids = render(self.tokenizer, request.messages, system, request.tools)
     limit = self.engine.config.max_seq_len
     if len(ids) + request.max_tokens > limit:
       raise RequestError(f"prompt is too long: {len(ids)} tokens + max_tokens "
@@ -416,6 +442,16 @@ class Chat:
         stop_strings=[r.stop_sequences for r in requests], chunk_tokens=chunk_tokens,
         cancelled=cancelled, constraints=[self.constraint(r) for r in requests])
 
+  def _ground(self, request: ChatRequest) -> str:
+    """The system prompt with the passages retrieved for the last user turn (kept on the
+    request, for its citations)."""
+    from lm.infer import retrieval  # pylint: disable=import-outside-toplevel
+    if self.index is None:
+      raise RequestError("retrieval: this server has no documents (lm serve --docs=DIR)")
+    query = next(m["content"] for m in reversed(request.messages) if m["role"] == "user")
+    request.passages = self.index.search(query, request.retrieval)
+    return retrieval.grounded_system(request.passages, request.system)
+
   def constraint(self, request: ChatRequest) -> constrain.Constraint | None:
     """The grammar the request's reply is decoded under (tool calls), or None."""
     grammar = tools_lib.grammar(request.tools, request.tool_choice, self.call_format)
@@ -424,7 +460,15 @@ class Chat:
     return constrain.Constraint(grammar, constrain.vocabulary(self.tokenizer, self.stop_ids))
 
   def message(self, completion: Any, request: ChatRequest) -> Message:
-    return to_message(completion, self.model_name, request=request, form=self.call_format)
+    message = to_message(completion, self.model_name, request=request, form=self.call_format)
+    if request.retrieval:
+      message.retrieval = self.citations(completion.text, request)
+    return message
+
+  @staticmethod
+  def citations(text: str, request: ChatRequest) -> dict:
+    from lm.infer import retrieval  # pylint: disable=import-outside-toplevel
+    return retrieval.describe(request.passages, retrieval.cited(text, request.passages))
 
   def events(self, snapshots: Iterator[Any], request: ChatRequest,
              prompt_tokens: int) -> Iterator[dict]:
@@ -440,14 +484,14 @@ class Messages:
              top_p: float | None = None, stop_sequences: list[str] | None = None,
              stream: bool = False, model: str | None = None, metadata: dict | None = None,
              tools: list[dict] | None = None, tool_choice: dict | None = None,
-             seed: int | None = None):
+             retrieval: bool | dict | None = None, seed: int | None = None):
     """A Message replying to `messages`; with stream=True, an iterator of the stream's
     event dicts instead. `seed` (not in the Messages API) makes sampling repeatable."""
     body = {k: v for k, v in dict(max_tokens=max_tokens, messages=messages, system=system,
                                   temperature=temperature, top_k=top_k, top_p=top_p,
                                   stop_sequences=stop_sequences, stream=stream, model=model,
-                                  metadata=metadata, tools=tools,
-                                  tool_choice=tool_choice).items() if v is not None}
+                                  metadata=metadata, tools=tools, tool_choice=tool_choice,
+                                  retrieval=retrieval).items() if v is not None}
     request = parse_request(body)
     prompt = self._chat.prompt(request)
     seeds = None if seed is None else [seed]
@@ -459,32 +503,36 @@ class Messages:
 
   def count_tokens(self, *, messages: list[dict], system: str | list | None = None,
                    tools: list[dict] | None = None, tool_choice: dict | None = None,
-                   model: str | None = None) -> dict:
+                   model: str | None = None, retrieval: bool | dict | None = None) -> dict:
     """{"input_tokens": n}: the prompt tokens `create` with these fields would use."""
     body = {k: v for k, v in dict(messages=messages, system=system, tools=tools,
-                                  tool_choice=tool_choice, model=model).items() if v is not None}
+                                  tool_choice=tool_choice, model=model,
+                                  retrieval=retrieval).items() if v is not None}
     return {"input_tokens": len(self._chat.prompt(parse_request(body, count_only=True)))}
 
 
 class Client:
   """A local stand-in for the Messages API client: `Client(workdir).messages.create(...)`."""
 
-  def __init__(self, workdir: str | None = None, engine: Any = None, mesh: Any = None):
+  def __init__(self, workdir: str | None = None, engine: Any = None, mesh: Any = None,
+               index: Any = None):
     if (workdir is None) == (engine is None):
       raise ValueError("Client needs a workdir or an engine (exactly one)")
     if engine is None:
       from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
       engine = Engine.from_workdir(workdir, mesh=mesh)
-    self.chat = Chat(engine)
+    self.chat = Chat(engine, index=index)
     self.messages = Messages(self.chat)
 
 
 def interactive(client: Client, system: str | None = None, max_tokens: int = 200,
                 temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                input_fn=input, output=None) -> list[dict]:
+                input_fn=input, output=None, retrieval_k: int = 3) -> list[dict]:
   """`lm chat`: one line per user turn, the reply streamed as it is generated. `/reset`
   forgets the conversation, `/exit` (or end of input) quits. The oldest turns are dropped
-  when the conversation outgrows the model's context. Returns the conversation."""
+  when the conversation outgrows the model's context. With documents (Client(index=...),
+  `lm chat --docs=DIR`), each turn retrieves `retrieval_k` passages into the system prompt
+  and the sources the reply cites are listed under it. Returns the conversation."""
   import sys  # pylint: disable=import-outside-toplevel
   output = output or sys.stdout
   interactive_tty = sys.stdin.isatty() and input_fn is input
@@ -506,7 +554,8 @@ def interactive(client: Client, system: str | None = None, max_tokens: int = 200
       continue
     history.append({"role": "user", "content": line})
     request = ChatRequest(messages=history, max_tokens=max_tokens, system=system,
-                          sampling=SamplingParams(temperature, top_k, top_p))
+                          sampling=SamplingParams(temperature, top_k, top_p),
+                          retrieval=retrieval_k if chat.index is not None else 0)
     while True:
       try:
         prompt = chat.prompt(request)
@@ -523,6 +572,10 @@ def interactive(client: Client, system: str | None = None, max_tokens: int = 200
       output.write(deltas.update(final.text, final.stop_reason is not None))
       output.flush()
     output.write("\n")
+    if request.retrieval:
+      for n in Chat.citations(final.text, request)["cited"]:
+        passage = request.passages[n - 1]
+        output.write(f"  [{n}] {passage.source} (word {passage.start})\n")
     output.flush()
     history.append({"role": "assistant", "content": final.text})
     turn += 1

@@ -144,8 +144,8 @@ def _advance(state: DecodeState, logits: jax.Array, rows: Rows, filtered: bool,
 
 
 def _prefill(model: Decoder, params: Any, prompts: jax.Array, start: jax.Array, rows: Rows,
-             allowed: jax.Array | None, slots: int, columns: int, filtered: bool,
-             greedy_only: bool) -> DecodeState:
+             slots: int, columns: int, filtered: bool, greedy_only: bool,
+             allowed: jax.Array | None = None) -> DecodeState:
   """prompts [B, P] left-padded (row b's tokens from start[b]); samples the first tokens
   (under the bitmask allowed [B, W], when given)."""
   batch = prompts.shape[0]
@@ -384,7 +384,8 @@ class Engine:
       raise ValueError(f"constraints has {len(constraints)} entries for {count} prompts")
     masks = self._masks(constraints, rows.max_new.shape[0]) if any(constraints) else None
     with self._context():
-      state = self._prefill(self.params, tokens, start, rows, masks, **shapes, **statics)
+      state = self._prefill(self.params, tokens, start, rows, **shapes, **statics,
+                            allowed=masks)
     budget = np.int32(chunk_tokens or shapes["columns"])
     if masks is not None:
       state, seen = self._follow(state, constraints, np.zeros(len(constraints), np.int64))

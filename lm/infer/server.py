@@ -16,11 +16,15 @@ connection whose client has gone (closed while it waits or streams) cancels its 
 its row stops generating at the next chunk, and a batch whose clients have all gone ends.
 
 The request's `model` field is ignored (one model serves all); replies name the served
-model. Errors are JSON in the Messages API's shape, {"type": "error", "error": {"type",
-"message"}}: 400 for a malformed request (bad JSON, non-finite numbers, nesting too deep, a
-bad Content-Length, invalid fields), 401 without the API key (when one is set), 404 / 405
-for an unknown route, 411 / 413 for a missing or too large body, 500 if generation fails or
-anything unexpected happens. Every request gets a reply; a bad one never stops the server.
+model. With documents (`lm serve --docs=DIR`), a request's "retrieval" field (true, or
+{"top_k": k}; not in the Messages API) puts the k best passages for its last user turn,
+numbered, into the system prompt; the reply's "retrieval" field lists them and the ones it
+cites as [n] (in a stream: on message_delta). Errors are JSON in the Messages API's shape,
+{"type": "error", "error": {"type", "message"}}: 400 for a malformed request (bad JSON,
+non-finite numbers, nesting too deep, a bad Content-Length, invalid fields), 401 without the
+API key (when one is set), 404 / 405 for an unknown route, 411 / 413 for a missing or too
+large body, 500 if generation fails or anything unexpected happens. Every request gets a
+reply; a bad one never stops the server.
 """
 
 import collections
@@ -151,8 +155,8 @@ class Server(http.server.ThreadingHTTPServer):
   request_queue_size = 128  # listen() backlog: a burst of clients beyond it waits for SYN retries
 
   def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, limits: Limits | None = None):
-    self.chat = chat_lib.Chat(engine)
+               api_key: str | None = None, limits: Limits | None = None, index: Any = None):
+    self.chat = chat_lib.Chat(engine, index=index)
     self.api_key = api_key or None
     self.limits = limits or Limits()
     self.batcher = Batcher(self.chat, self.limits)
@@ -344,9 +348,10 @@ def parse_json(data: bytes) -> Any:
 
 
 def serve(engine: Any, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: Limits | None = None) -> None:
-  """Serves until interrupted."""
-  server = Server(engine, host, port, api_key, limits)
+          limits: Limits | None = None, index: Any = None) -> None:
+  """Serves until interrupted; `index` (lm.infer.retrieval.Index): the documents requests
+  with "retrieval" draw passages from."""
+  server = Server(engine, host, port, api_key, limits, index)
   print(f"Serving {server.chat.model_name} on {server.url} (POST /v1/messages, GET /health)",
         flush=True)
   try:
