@@ -83,6 +83,8 @@ flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece
                     "(local or gs://); eval: the results JSON (default: "
                     "--workdir/eval_results.json).")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
+flags.DEFINE_list("limits", None, "eval: instead of the built-in tasks, the evals of known "
+                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py).")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
@@ -243,6 +245,22 @@ def tokenizer(argv) -> None:
         f"--config.model.vocab_size={tok.vocab_size}")
 
 
+def _evaluate_limits(engine_class) -> None:
+  """`lm eval --limits=...` (lm/eval/limits.py): writes limits_results.json, prints tables."""
+  from lm.eval import limits  # pylint: disable=import-outside-toplevel
+  from lm.eval import run as eval_lib  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(FLAGS.limits) - set(limits.TASKS))
+  if unknown:
+    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from "
+                     f"{', '.join(limits.TASKS)}")
+  results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir), FLAGS.limits,
+                            seed=FLAGS.seed)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "limits_results.json")
+  eval_lib.write_results(results, output)
+  print(limits.format_tables(results))
+  print(f"Wrote {output}")
+
+
 def evaluate(argv) -> None:
   """Scores --workdir's model on the held-out built-in tasks (greedy exact match, multiple
   choice) and on a text source (perplexity); writes the results JSON and prints a table."""
@@ -252,6 +270,9 @@ def evaluate(argv) -> None:
   from lm.data.tasks import check_tasks
   from lm.eval import run as eval_lib
   from lm.infer.engine import Engine
+  if FLAGS.limits:
+    _evaluate_limits(Engine)
+    return
   try:
     tasks = check_tasks(FLAGS.tasks)
   except ValueError as e:
