@@ -65,9 +65,9 @@ def kv_items(pairs: int, position: int, items: int, rng: np.random.Generator
   return out
 
 
-def lost_in_the_middle(chat: chat_lib.Chat, lengths: Sequence[int] = (10, 20, 40),
-                       positions: int = 5, items: int = 8, seed: int = 0,
-                       batch_size: int = 40) -> dict:
+def lost_in_the_middle(chat: chat_lib.Chat, lengths: Sequence[int] = (8, 16, 32),
+                       positions: int = 5, items: int = 4, seed: int = 0,
+                       batch_size: int = 64) -> dict:
   """Accuracy for each context length (key-value pairs) and each of `positions` evenly spaced
   answer positions (first to last)."""
   rng = np.random.default_rng(seed)
@@ -142,7 +142,7 @@ def _score(replies: Sequence[str], answers: Sequence[str | None]) -> dict:
 
 
 def knowledge(chat: chat_lib.Chat, seed: int = 0, retrieval_k: int = 3,
-              batch_size: int = 40) -> dict:
+              batch_size: int = 64) -> dict:
   """The three question sets, each without and with retrieval over the made-up documents."""
   rng = np.random.default_rng(seed)
   with tempfile.TemporaryDirectory() as folder:
@@ -151,15 +151,16 @@ def knowledge(chat: chat_lib.Chat, seed: int = 0, retrieval_k: int = 3,
   sets = {"training_data": [(q, a) for q, a in KNOWN], "documents_only": in_docs,
           "nowhere": [(f"How many kilometres long is the {n} river?", None) for n in ABSENT]}
   grounded = chat_lib.Chat(chat.engine, chat.model_name, index=index)
-  results = {"retrieval_k": retrieval_k, "table": {}}
-  for name, items in sets.items():
-    results["table"][name] = {}
-    for mode, k in (("without_retrieval", 0), ("with_retrieval", retrieval_k)):
-      start = time.perf_counter()
-      requests = [_request(q, 32, k) for q, _ in items]
-      replies = _replies(grounded, requests, batch_size)
-      results["table"][name][mode] = {**_score(replies, [a for _, a in items]),
-                                      "seconds": time.perf_counter() - start}
+  results = {"retrieval_k": retrieval_k, "table": {name: {} for name in sets}}
+  for mode, k in (("without_retrieval", 0), ("with_retrieval", retrieval_k)):
+    start = time.perf_counter()
+    items = [(name, q, a) for name, pairs in sets.items() for q, a in pairs]
+    replies = _replies(grounded, [_request(q, 32, k) for _, q, _ in items], batch_size)
+    seconds = time.perf_counter() - start
+    for name in sets:
+      mine = [(reply, a) for (n, _, a), reply in zip(items, replies) if n == name]
+      results["table"][name][mode] = {**_score([r for r, _ in mine], [a for _, a in mine]),
+                                      "seconds_all_sets": seconds}
   return results
 
 

@@ -26,6 +26,7 @@ from lm.data import tokenizer as tokenizer_lib
 from lm.infer import chat as chat_lib
 from lm.infer import constrain
 from lm.infer import server as server_lib
+from lm.infer import tools as tools_lib
 from lm.infer.engine import Engine
 from lm.infer.sampling import GREEDY
 from lm.interop import fetch as fetch_lib
@@ -228,3 +229,43 @@ def test_smollm2_tool_round_trip():
   finally:
     server.shutdown()
     server.server_close()
+
+
+HERMES_TEMPLATE = (
+    "{%- if tools %}<|system|>{% if messages[0].role == 'system' %}{{ messages[0].content }}"
+    "{% endif %}\n# Tools\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}{% endif %}"
+    "{%- for m in messages %}{% if m.role == 'system' and tools %}"
+    "{% elif m.role == 'tool' %}<tool_response>{{ m.content }}</tool_response>\n"
+    "{% else %}<|{{ m.role }}|>{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>\n"
+    "{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}"
+    "\n</tool_call>{% endfor %}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_a_template_that_takes_tools_renders_as_transformers_does(tmp_path):
+  """A Hugging Face template with a `tools` variable gets the tools, assistant tool_calls and
+  `tool` messages exactly as transformers' apply_chat_template passes them; its calls are
+  read in the Hermes form."""
+  from tests.interop import hf_models  # pylint: disable=import-outside-toplevel
+  hf_tokenizer = hf_models.make_tokenizer("byte_level")
+  hf_tokenizer.chat_template = HERMES_TEMPLATE
+  hf_tokenizer.save_pretrained(str(tmp_path))
+  tokenizer = tokenizer_lib.get(f"hf:{tmp_path}")
+  request = chat_lib.parse_request({"max_tokens": 8, "system": "Be brief.", "tools": [ADD],
+                                    "messages": history()})
+  ours = chat_lib.render(tokenizer, request.messages, request.system, request.tools)
+  theirs = hf_tokenizer.apply_chat_template(
+      [{"role": "system", "content": "Be brief."},
+       {"role": "user", "content": ASK[0]["content"]},
+       {"role": "assistant", "content": "Ok.", "tool_calls": [
+           {"id": "toolu_1", "type": "function",
+            "function": {"name": "add", "arguments": {"a": 1, "b": 2}}}]},
+       {"role": "tool", "content": "3", "tool_call_id": "toolu_1"}],
+      tools=[{"type": "function", "function": {"name": "add", "description": "a+b",
+                                               "parameters": ADD["input_schema"]}}],
+      add_generation_prompt=True, tokenize=True, return_dict=False)
+  assert ours == list(theirs)
+  assert tools_lib.call_format(tokenizer) == tools_lib.HERMES_FORMAT
+  text = "Sure." + tools_lib.write_call("add", {"a": 4, "b": 5}, tools_lib.HERMES_FORMAT)
+  assert tools_lib.split_calls(text, tools_lib.HERMES_FORMAT) == (
+      "Sure.", [{"name": "add", "input": {"a": 4, "b": 5}}])
