@@ -75,7 +75,7 @@ def lost_in_the_middle(chat: chat_lib.Chat, lengths: Sequence[int] = (8, 16, 32)
   for pairs in lengths:
     at = sorted({round(i * (pairs - 1) / max(positions - 1, 1)) for i in range(positions)})
     cases = [(p, q, a) for p in at for q, a in kv_items(pairs, p, items, rng)]
-    requests = [_request(q, 12) for _, q, _ in cases]
+    requests = [_request(q, 32) for _, q, _ in cases]  # room to restate the key first
     start = time.perf_counter()
     replies = _replies(chat, requests, batch_size)
     tokens = int(np.mean([len(chat.prompt(r)) for r in requests]))
