@@ -22,12 +22,13 @@ def main(paths: list[str]) -> str:
   for ax, path in zip(axes[0], paths):
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
-    for pairs, row in results["lost_in_the_middle"]["table"].items():
+    table = results["lost_in_the_middle"]["table"]
+    for pairs, row in sorted(table.items(), key=lambda item: int(item[0])):
       positions = [int(p) for p in row["accuracy_by_position"]]
       relative = [p / max(int(pairs) - 1, 1) for p in positions]
       ax.plot(relative, list(row["accuracy_by_position"].values()), "o-",
               label=f"{pairs} pairs ({row['prompt_tokens']} tokens)")
-    ax.set_title(results["model"])
+    ax.set_title(os.path.splitext(os.path.basename(path))[0])
     ax.set_xlabel("answer position (0 first, 1 last)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.05, 1.05)
