@@ -2,7 +2,7 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
-  lm chat   --workdir=runs/quickstart [--system="..."]     an interactive chat in the terminal
+  lm chat   --workdir=runs/quickstart [--system="..."] [--docs=DIR]   a chat in the terminal
   lm serve  --workdir=runs/quickstart [--host=127.0.0.1 --port=8000 --api_key=...]
             the Messages API: POST /v1/messages (streaming too), GET /health
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
@@ -55,6 +55,10 @@ flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up t
                    "probability (nucleus); 1 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample, chat: random seed; eval: seed of the task items.")
 flags.DEFINE_string("system", None, "chat: the system prompt.")
+flags.DEFINE_string("docs", None, "chat, serve: a folder of .txt / .md documents to retrieve "
+                    "passages from (BM25; chat: every turn; serve: requests with "
+                    "\"retrieval\": true).")
+flags.DEFINE_integer("retrieval_k", 3, "chat --docs: passages retrieved per turn.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
                     "interface; set --api_key then).")
 flags.DEFINE_integer("port", 8000, "serve: port to listen on (0: any free port).")
@@ -87,6 +91,8 @@ flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece
                     "--workdir/eval_results.json); report: the folder of its tables and plots "
                     "(default: --workdir); sweep --emit=tpu: the script to write.")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
+flags.DEFINE_list("limits", None, "eval: instead of the built-in tasks, the evals of known "
+                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py).")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
@@ -151,10 +157,21 @@ def chat(argv) -> None:
   del argv
   _require("workdir")
   from lm.infer import chat as chat_lib  # pylint: disable=import-outside-toplevel
-  client = chat_lib.Client(FLAGS.workdir)
+  index = _docs_index()
+  client = chat_lib.Client(FLAGS.workdir, index=index)
   chat_lib.interactive(client, system=FLAGS.system, max_tokens=FLAGS.max_new_tokens,
                        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                       seed=FLAGS.seed)
+                       seed=FLAGS.seed, retrieval_k=FLAGS.retrieval_k)
+
+
+def _docs_index():
+  """The retrieval index of --docs (None without it); a bad folder is a ValueError (exit 2)."""
+  if FLAGS.docs is None:
+    return None
+  from lm.infer import retrieval  # pylint: disable=import-outside-toplevel
+  index = retrieval.Index.from_folder(FLAGS.docs)
+  print(f"Indexed {len(index.passages)} passages from {FLAGS.docs}", file=sys.stderr)
+  return index
 
 
 def serve(argv) -> None:
@@ -165,8 +182,9 @@ def serve(argv) -> None:
   from lm.infer import server as server_lib  # pylint: disable=import-outside-toplevel
   from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   limits = server_lib.Limits(max_batch=FLAGS.max_batch, max_tokens=FLAGS.max_tokens_limit)
+  index = _docs_index()
   server_lib.serve(Engine.from_workdir(FLAGS.workdir), FLAGS.host, FLAGS.port,
-                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits)
+                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits, index=index)
 
 
 def convert(argv) -> None:
@@ -243,6 +261,22 @@ def tokenizer(argv) -> None:
         f"--config.model.vocab_size={tok.vocab_size}")
 
 
+def _evaluate_limits(engine_class) -> None:
+  """`lm eval --limits=...` (lm/eval/limits.py): writes limits_results.json, prints tables."""
+  from lm.eval import limits  # pylint: disable=import-outside-toplevel
+  from lm.eval import run as eval_lib  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(FLAGS.limits) - set(limits.TASKS))
+  if unknown:
+    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from "
+                     f"{', '.join(limits.TASKS)}")
+  results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir), FLAGS.limits,
+                            seed=FLAGS.seed)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "limits_results.json")
+  eval_lib.write_results(results, output)
+  print(limits.format_tables(results))
+  print(f"Wrote {output}")
+
+
 def evaluate(argv) -> None:
   """Scores --workdir's model on the held-out built-in tasks (greedy exact match, multiple
   choice) and on a text source (perplexity); writes the results JSON and prints a table."""
@@ -252,6 +286,9 @@ def evaluate(argv) -> None:
   from lm.data.tasks import check_tasks
   from lm.eval import run as eval_lib
   from lm.infer.engine import Engine
+  if FLAGS.limits:
+    _evaluate_limits(Engine)
+    return
   try:
     tasks = check_tasks(FLAGS.tasks)
   except ValueError as e:
