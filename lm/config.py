@@ -97,6 +97,29 @@ def base_config() -> ml_collections.ConfigDict:
   config.lora.quantize = ""               # QLoRA: the frozen base as "nf4" or "int8" (blocks of
   config.lora.double_quant = False        # 64, lm/model/quant.py); also quantize the absmaxes
 
+  # stage="ppo" (lm/stages/ppo.py): rollouts, sampling and rewards from the `rl` section (its
+  # epsilon clips the ratio). Defaults follow TRL's PPOTrainer where it has the field.
+  config.ppo = ml_collections.ConfigDict()
+  config.ppo.value_model = "separate"     # separate: a decoder with a scalar head | shared: a
+                                          # head on the policy's trunk (lm/model/heads.py)
+  config.ppo.value_init = ""              # separate: the workdir of a stage="reward" run whose
+                                          # model starts the value model; "": the policy's
+  config.ppo.gamma = 1.0                  # discount over response tokens
+  config.ppo.lam = 0.95                   # GAE's lambda
+  config.ppo.kl_coef = 0.05               # per-token KL penalty in the reward (initial value)
+  config.ppo.kl_target = 0.0              # > 0: adapt kl_coef towards this KL per response
+                                          # (Ziegler et al.); 0: fixed kl_coef
+  config.ppo.kl_horizon = 10000           # the adaptive controller's horizon, in rollouts
+  config.ppo.kl_estimator = "k1"          # k1 | k3: the per-token KL in the penalty
+  config.ppo.whiten_rewards = False       # scale the per-token rewards by their batch std
+  config.ppo.value_clip = 0.2             # clip new values to old +- this (TRL: cliprange_value)
+  config.ppo.vf_coef = 0.1                # weight of the value loss
+  config.ppo.epochs = 4                   # passes over each batch of rollouts (TRL:
+                                          # num_ppo_epochs)
+  config.ppo.num_minibatches = 1          # updates per pass
+  config.ppo.missing_eos_penalty = 0.0    # subtracted from the score of a response that did
+                                          # not end its turn within rl.max_new_tokens
+
   # stage="dpo" (lm/stages/dpo.py): the reference is the starting model (init_from), frozen.
   config.dpo = ml_collections.ConfigDict()
   config.dpo.loss = "sigmoid"             # sigmoid | ipo | hinge

@@ -16,8 +16,11 @@ It sits above lm/train/ and lm/stages/ (it builds the stage's real training step
 lm/parallel/ stays below them.
 
 Memory per device:
-  parameters       float32, sharded by the rules: the trainable ones, and the stage's frozen
-                   ones (a reference model, a LoRA base) beside them, sharded alike.
+  parameters       float32, sharded by the rules: the trainable ones (LoRA: the adapters), and
+                   the stage's frozen ones (a reference model, a LoRA base) beside them,
+                   sharded alike; a QLoRA base's weight matrices as their codes and scales
+                   (NF4: 4.5 bits a weight, 4.13 with double quantization; int8: 8.5), split
+                   like the weight's first axis where it divides (lm/model/quant.py).
   gradients        float32, sharded like the parameters; twice that with grad_accum > 1
                    (the running sum and the micro-batch's gradient).
   optimizer state  the real optax state (`jax.eval_shape(tx.init, params)`) laid out as
@@ -31,7 +34,8 @@ Memory per device:
         none           s(2d + 2nH + 2kH + c f + nT) + 4(6d + nT + 2n + 4)
                        c = 8 for GeGLU, else 6; the 4(...) part is float32: norm internals,
                        attention logits and softmax statistics. When s < 4 the block's weight
-                       matrices are saved again in the compute dtype.
+                       matrices are saved again in the compute dtype
+                       (not a QLoRA base's: its matmuls dequantize them again).
         dots           s(2d + 2nH + 2kH + g f) + 4 nT   (g = 2 for gated MLPs, else 1)
         dots_no_batch  s(2d + nH + 2kH + g f)           (no attention scores)
         full           s d                              (only the block's input)
@@ -47,7 +51,8 @@ Memory per device:
     the output layer's backward = 8 m' v + (s + 4) V D / ways(vocab, embed without batch
       axes): float32 logits kept for the loss gradient and that gradient; the output
       projection gathered in the compute dtype and its full float32 gradient before the
-      reduce-scatter. m' = m, or with model.loss_chunk = C the tokens of one chunk,
+      reduce-scatter (none for a LoRA base's frozen projection). m' = m, or with
+      model.loss_chunk = C the tokens of one chunk,
       m C / T (lm/model/output.py).
 
   Checked against XLA's memory analysis of the compiled step on 8 CPU devices, float32
@@ -90,10 +95,13 @@ import optax
 from jax.sharding import AbstractMesh, AxisType
 
 from lm import config as config_lib
+from lm import plan_rl
 from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import ModelConfig
+from lm.model import quant
 from lm.model.attention import attention_kernel
+from lm.model.heads import RewardModel
 from lm.parallel import mesh as mesh_lib
 from lm.parallel.accelerators import ACCELERATORS, GiB, Accelerator, local_accelerator
 from lm.parallel import rules as rules_lib
@@ -203,11 +211,17 @@ class Plan:
   hosts_per_slice: int = 1
   dcn_traffic: float = 0.0    # bytes per host per step over the data-center network
   attention: str = "xla"      # the attention kernel model.attention resolves to on the target
+  rollout: plan_rl.Rollout | None = None  # RL stages: the rollout phase (lm/plan_rl.py)
+  lora: str = ""              # "LoRA r=8": the trainable parameters are adapters
+  frozen_storage: str = "float32"  # how the frozen tree is stored (a QLoRA base: "nf4 ...")
 
   @property
   def total(self) -> float:
-    return (self.params + self.frozen + self.gradients + self.optimizer_state
-            + self.activations.total)
+    resident = self.params + self.frozen + self.optimizer_state
+    update = self.gradients + self.activations.total
+    if self.rollout is None:
+      return resident + update
+    return resident + self.rollout.reward_model + max(update, self.rollout.transient)
 
   @property
   def fits(self) -> bool:
@@ -308,13 +322,16 @@ def _block_bytes(abstract_params: Any, shardings: Any, mesh: dict[str, int], num
 def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
                      rules: rules_lib.Rules, mesh: dict[str, int],
                      model_axes: dict[str, int], block_matrices: float,
-                     block_gathered: float, kernel: str = "xla") -> Activations:
+                     block_gathered: float, kernel: str = "xla",
+                     quantized: bool = False, frozen_output: bool = False) -> Activations:
   """Activation bytes per device (the formula in the module docstring).
 
   `model_axes`: the mesh with the batch axes set to 1 (weights gathered for a matmul);
   `block_matrices`: one block's weight matrices per device, float32; `block_gathered`:
   one block's parameters per device once gathered over the batch axes, float32; `kernel`:
-  the attention kernel on the target (`attention_kernel`).
+  the attention kernel on the target (`attention_kernel`); `quantized`: a QLoRA base, whose
+  weights the backward pass dequantizes again rather than keeps; `frozen_output`: the output
+  projection is frozen (a LoRA base), so it has no float32 gradient.
   """
   s = model.compute_dtype.itemsize
   d = -(-model.d_model // _ways("act_embed", rules, mesh))
@@ -337,7 +354,7 @@ def activation_bytes(model: ModelConfig, micro_batch: int, seq_len: int,
       saved=saved,
       block_backward=(tokens * saved_per_token(model, "none", d, n, k, f, seq_len, fused)
                       + block_gathered * s / 4),
-      output_backward=logit_tokens * v * 8 + output_weights * (s + 4))
+      output_backward=logit_tokens * v * 8 + output_weights * (s + (0 if frozen_output else 4)))
 
 
 def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
@@ -370,12 +387,16 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * 3)
   abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
   params = _per_device_bytes(abstract.params, shardings.params, sizes)
-  frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)
+  frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)  # codes where quantized
+  lora = getattr(stage, "lora", None)
+  quantize = getattr(stage, "quantize", "") if lora else ""
   opt_state = _per_device_bytes(abstract.opt_state, shardings.opt_state, sizes)
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
   batch_ways = _ways("act_batch", rules, sizes)
-  micro_batch = -(-t.batch_size // t.grad_accum // batch_ways)
+  rows, seq_len = ((t.batch_size, t.seq_len) if not plan_rl.is_rl(config)
+                   else plan_rl.update_shape(config))  # RL: one update's rows of rollouts
+  micro_batch = -(-rows // t.grad_accum // batch_ways)
   batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
   model_axes = {a: 1 if a in batch_axes else size for a, size in sizes.items()}  # gathered
   num_layers = model_config.num_layers
@@ -383,9 +404,14 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   block_gathered = _block_bytes(all_params, all_shardings, model_axes, num_layers)
   block_matrices = _block_bytes(all_params, all_shardings, sizes, num_layers,
                                 matrices_only=True)
-  kernel = attention_kernel(model_config, t.seq_len, acc.platform)
-  activations = activation_bytes(model_config, micro_batch, t.seq_len, rules, sizes,
-                                 model_axes, block_matrices, block_gathered, kernel)
+  kernel = attention_kernel(model_config, seq_len, acc.platform)
+  # RL losses read whole logits (log-probs and entropy of every completion token): no chunks.
+  activations = activation_bytes(model_config.replace(loss_chunk=0) if plan_rl.is_rl(config)
+                                 else model_config, micro_batch, seq_len, rules, sizes,
+                                 model_axes, block_matrices, block_gathered, kernel,
+                                 quantized=bool(quantize), frozen_output=lora is not None)
+  if plan_rl.is_rl(config):
+    activations = plan_rl.update_activations(config, activations)
 
   s = model_config.compute_dtype.itemsize
   weight_reads = 3 if model_config.remat != "none" else 2
@@ -399,20 +425,35 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
       _per_device_bytes(abstract.params, shardings.params, {a: 1 for a in sizes}),
       dcn_data, dcn_fsdp, hosts_per_slice, weight_reads * t.grad_accum, s)
 
+  flops_per_step = state_lib.flops_per_token(model_config, seq_len) * rows * seq_len
+  rollout = None
+  if plan_rl.is_rl(config):
+    rollout = plan_rl.rollout_memory(
+        config, model_config, lambda logical: _ways(logical, rules, sizes),
+        _per_device_bytes(abstract.params["policy"] if "policy" in abstract.params
+                          else abstract.params, shardings.params["policy"]
+                          if "policy" in abstract.params else shardings.params, sizes),
+        lambda mc: state_lib.count_params(nn.unbox(state_lib.abstract_boxed_params(
+            RewardModel(mc)))))
+    matmul_weights = (state_lib.flops_per_token(model_config, 0) / 6.0)
+    flops_per_step = (flops_per_step * plan_rl.updates_per_step(config)
+                      + plan_rl.rollout_flops(rollout, matmul_weights, config.stage))
+
   compiled = None
   if compile_step or (compile_step is None and is_local and not notes):
     compiled = compile_memory(config, stage, model, tx, rules)
   return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
               frozen=frozen, num_frozen=state_lib.count_params(abstract.frozen),
-              accelerator=acc, num_devices=count, mesh=sizes, batch_size=t.batch_size,
-              seq_len=t.seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
+              accelerator=acc, num_devices=count, mesh=sizes, batch_size=rows,
+              seq_len=seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
               optimizer=t.optimizer, params=params, gradients=gradients,
               optimizer_state=opt_state, activations=activations,
-              flops_per_step=state_lib.flops_per_token(model_config, t.seq_len)
-              * t.batch_size * t.seq_len,
+              flops_per_step=flops_per_step,
               hbm_traffic=hbm_traffic, compiled=compiled, notes=tuple(notes),
               num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
-              attention=kernel)
+              attention=kernel, rollout=rollout, lora=f"LoRA r={lora.rank}" if lora else "",
+              frozen_storage=quant.describe(quantize, stage.double_quant) if quantize
+              else "float32")
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -456,15 +497,21 @@ def format_plan(p: Plan) -> str:
   """The plan as a small table and a few lines, for the terminal."""
   m, c, a = p.model, p.compiled, p.activations
   unit, scale = ("GiB", GiB) if p.total >= GiB else ("MiB", 2 ** 20)
-  rows = [("parameters (float32)", p.params, None),
-          *([("frozen parameters (float32)", p.frozen, None)] if p.num_frozen else []),
-          ("gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
+  of = "adapter " if p.lora else ""
+  rows = [(f"{p.lora + ' adapters' if p.lora else 'parameters'} (float32)", p.params, None),
+          *([(f"frozen {'base' if p.lora else 'parameters'} ({p.frozen_storage})", p.frozen,
+              None)] if p.num_frozen else []),
+          (f"{of}gradients (float32" + (", x2: grad_accum)" if p.grad_accum > 1 else ")"),
            p.gradients, None),
-          (f"optimizer state ({p.optimizer})", p.optimizer_state, None),
+          (f"{of}optimizer state ({p.optimizer})", p.optimizer_state, None),
           (f"activations (remat {m.remat}, {m.dtype})", a.total, None)]
   kernels = (f"attention kernel: {p.attention} (model.attention={m.attention!r}); output "
-             + (f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
+             + ("logits whole (RL losses read every completion token's distribution)"
+                if p.rollout is not None else
+                f"layer and loss in chunks of {m.loss_chunk} positions (model.loss_chunk)"
                 if m.loss_chunk else "logits whole (model.loss_chunk=0)"))
+  if p.rollout is not None:
+    rows += [(name, value, None) for name, value in plan_rl.format_rows(p.rollout)]
   if c:
     rows += [("  parameters + optimizer state", p.params + p.frozen + p.optimizer_state,
               (c.argument, "XLA arguments: state + batch")),
@@ -474,11 +521,13 @@ def format_plan(p: Plan) -> str:
   mesh = " ".join(f"{k}={v}" for k, v in p.mesh.items())
   where = (f"{p.num_devices} x {p.accelerator.name}" if p.num_slices == 1 else
            f"{p.num_slices} slices x {p.num_devices // p.num_slices} x {p.accelerator.name}")
-  header = f"{'per device':34s}{'analytic ' + unit:>14s}"
+  width = max(34, *(len(name) + 2 for name, _, _ in rows))
+  header = f"{'per device':{width}s}{'analytic ' + unit:>14s}"
   if c:
     header += f"{'compiled ' + unit:>14s}  (XLA on {c.device_kind})"
   lines = [
-      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B parameters"
+      f"{m.num_layers}-layer model, {p.num_params / 1e9:.3f}B "
+      + (f"{p.lora} adapter parameters" if p.lora else "parameters")
       + (f" (+{p.num_frozen / 1e9:.3f}B frozen)" if p.num_frozen else "") + ", on "
       f"{where} (mesh {mesh})",
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
@@ -486,7 +535,7 @@ def format_plan(p: Plan) -> str:
       f"{p.mesh['data'] * p.mesh['fsdp']})",
       kernels, "", header]
   for name, analytic, compiled in rows:
-    line = f"{name:34s}{analytic / scale:14.3f}"
+    line = f"{name:{width}s}{analytic / scale:14.3f}"
     if compiled:
       line += f"{compiled[0] / scale:14.3f}  {compiled[1]}"
     lines.append(line)
@@ -518,5 +567,8 @@ def format_plan(p: Plan) -> str:
         f"DCN bound: {_seconds(p.dcn_seconds)} per step across {p.num_slices} slices: "
         f"{_bytes(p.dcn_traffic)} sent per host ({p.hosts_per_slice} "
         f"host{'s' if p.hosts_per_slice > 1 else ''} per slice, {bandwidth} each){verdict}")
+  if p.rollout is not None:
+    lines.append(plan_rl.summary(p.rollout, p.gradients + a.total)
+                 + "; the compiled figures are one update's")
   lines += [f"note: {note}" for note in p.notes]
   return "\n".join(lines)

@@ -336,9 +336,9 @@ class HFTokenizer:
       raise ValueError(f"{self.directory} has no chat template (chat_template.jinja or "
                        "tokenizer_config.json chat_template)")
     template = _compile_chat_template(self.chat_template, mark_generation)
-    return template.render(messages=messages, tools=None, documents=None,
-                           add_generation_prompt=add_generation_prompt,
-                           **{**self.special_tokens, **kwargs})
+    return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                           **{"tools": None, "documents": None, **self.special_tokens,
+                              **kwargs})
 
 
 @functools.lru_cache(maxsize=8)

@@ -50,8 +50,11 @@ class RewardModel:
     self.tokenizer = tokenizer_lib.get(config.data.tokenizer)
     self.model = RewardModule(self.model_config)
     self.mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    abstract, shardings = state_lib.abstract_params_and_shardings(
-        self.model, self.mesh, rules_lib.DEFAULT_RULES)
+    # No ambient rules: built inside another run's mesh and rules (an RL stage's), unboxing
+    # the abstract tree would constrain shapes to that mesh.
+    with nn.logical_axis_rules(()):
+      abstract, shardings = state_lib.abstract_params_and_shardings(
+          self.model, self.mesh, rules_lib.DEFAULT_RULES)
     self.params = checkpoint_lib.restore_params(workdir, abstract, shardings)
     if self.params is None:
       raise FileNotFoundError(f"{workdir} holds no checkpoint yet")

@@ -3,6 +3,8 @@
     POST /v1/messages   a Messages API request; JSON reply, or server-sent events when
                         "stream": true (message_start, content_block_start,
                         content_block_delta, content_block_stop, message_delta, message_stop)
+    POST /v1/messages/count_tokens   {"input_tokens": n} for the same request's prompt
+                        (validated alike; max_tokens and the sampling settings not taken)
     GET  /health        {"status": "ok", "model": ..., "queued": n}
 
 Standard library only: `http.server.ThreadingHTTPServer` gives each connection a thread
@@ -14,11 +16,15 @@ connection whose client has gone (closed while it waits or streams) cancels its 
 its row stops generating at the next chunk, and a batch whose clients have all gone ends.
 
 The request's `model` field is ignored (one model serves all); replies name the served
-model. Errors are JSON in the Messages API's shape, {"type": "error", "error": {"type",
-"message"}}: 400 for a malformed request (bad JSON, non-finite numbers, nesting too deep, a
-bad Content-Length, invalid fields), 401 without the API key (when one is set), 404 / 405
-for an unknown route, 411 / 413 for a missing or too large body, 500 if generation fails or
-anything unexpected happens. Every request gets a reply; a bad one never stops the server.
+model. With documents (`lm serve --docs=DIR`), a request's "retrieval" field (true, or
+{"top_k": k}; not in the Messages API) puts the k best passages for its last user turn,
+numbered, into the system prompt; the reply's "retrieval" field lists them and the ones it
+cites as [n] (in a stream: on message_delta). Errors are JSON in the Messages API's shape,
+{"type": "error", "error": {"type", "message"}}: 400 for a malformed request (bad JSON,
+non-finite numbers, nesting too deep, a bad Content-Length, invalid fields), 401 without the
+API key (when one is set), 404 / 405 for an unknown route, 411 / 413 for a missing or too
+large body, 500 if generation fails or anything unexpected happens. Every request gets a
+reply; a bad one never stops the server.
 """
 
 import collections
@@ -146,10 +152,11 @@ class Batcher:
 
 class Server(http.server.ThreadingHTTPServer):
   daemon_threads = True
+  request_queue_size = 128  # listen() backlog: a burst of clients beyond it waits for SYN retries
 
   def __init__(self, engine: Any, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, limits: Limits | None = None):
-    self.chat = chat_lib.Chat(engine)
+               api_key: str | None = None, limits: Limits | None = None, index: Any = None):
+    self.chat = chat_lib.Chat(engine, index=index)
     self.api_key = api_key or None
     self.limits = limits or Limits()
     self.batcher = Batcher(self.chat, self.limits)
@@ -212,25 +219,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if self.path.split("?")[0] == "/health":
       self._send_json(200, {"status": "ok", "model": self.server.chat.model_name,
                             "queued": self.server.batcher.jobs.qsize()})
-    elif self.path.split("?")[0] == "/v1/messages":
-      self._send_error(RequestError("use POST for /v1/messages", 405))
+    elif self.path.split("?")[0] in ("/v1/messages", "/v1/messages/count_tokens"):
+      self._send_error(RequestError(f"use POST for {self.path.split('?')[0]}", 405))
     else:
       self._send_error(RequestError(f"no route {self.path}", 404, "not_found_error"))
 
   def _post(self) -> None:
+    route = self.path.split("?")[0]
     try:
-      if self.path.split("?")[0] != "/v1/messages":
+      if route not in ("/v1/messages", "/v1/messages/count_tokens"):
         raise RequestError(f"no route {self.path}", 404, "not_found_error")
       self._authenticate()
-      request, prompt = self._read_request()
+      request, prompt = self._read_request(count_only=route.endswith("/count_tokens"))
+      if route.endswith("/count_tokens"):
+        self._send_json(200, {"input_tokens": len(prompt)})
+        return
       job = _Job(request, prompt)
       self.server.batcher.submit(job)
     except RequestError as e:
       self._send_error(e)
       return
-    name = self.server.chat.model_name  # request.model is ignored: one model serves all
-    if request.stream:
-      self._stream(job, name)
+    if request.stream:  # request.model is ignored: replies name the one model served
+      self._stream(job)
       return
     try:
       *_, final = Batcher.snapshots(job, self._connected)
@@ -239,7 +249,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     except Exception as e:  # pylint: disable=broad-except
       self._send_error(RequestError(f"generation failed: {e}", 500, "api_error"))
       return
-    self._send_json(200, chat_lib.to_message(final, name).to_dict())
+    self._send_json(200, self.server.chat.message(final, request).to_dict())
 
   def _authenticate(self) -> None:
     key = self.server.api_key
@@ -253,7 +263,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       raise RequestError("invalid or missing API key (x-api-key header)", 401,
                          "authentication_error")
 
-  def _read_request(self) -> tuple[chat_lib.ChatRequest, list[int]]:
+  def _read_request(self, count_only: bool = False) -> tuple[chat_lib.ChatRequest, list[int]]:
     limit = self.server.limits.max_request_bytes
     length = self.headers.get("content-length")
     if length is None:
@@ -267,7 +277,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       raise RequestError(f"the request body has {length} bytes; the limit is {limit}", 413,
                          "request_too_large")
     body = parse_json(self.rfile.read(length))
-    request = chat_lib.parse_request(body, self.server.limits.max_tokens)
+    request = chat_lib.parse_request(body, self.server.limits.max_tokens, count_only)
     return request, self.server.chat.prompt(request)
 
   def _drain(self, length: int) -> None:
@@ -281,15 +291,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return
       length -= len(data)
 
-  def _stream(self, job: _Job, name: str) -> None:
+  def _stream(self, job: _Job) -> None:
     self.send_response(200)
     self.send_header("Content-Type", "text/event-stream")
     self.send_header("Cache-Control", "no-cache")
     self.send_header("Connection", "close")
     self.end_headers()
     try:
-      for event in chat_lib.stream_events(Batcher.snapshots(job, self._connected), job.request,
-                                          name, len(job.prompt)):
+      for event in self.server.chat.events(Batcher.snapshots(job, self._connected),
+                                           job.request, len(job.prompt)):
         self._event(event)
     except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
       job.cancelled.set()  # the client left: its row stops at the next chunk
@@ -338,9 +348,10 @@ def parse_json(data: bytes) -> Any:
 
 
 def serve(engine: Any, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: Limits | None = None) -> None:
-  """Serves until interrupted."""
-  server = Server(engine, host, port, api_key, limits)
+          limits: Limits | None = None, index: Any = None) -> None:
+  """Serves until interrupted; `index` (lm.infer.retrieval.Index): the documents requests
+  with "retrieval" draw passages from."""
+  server = Server(engine, host, port, api_key, limits, index)
   print(f"Serving {server.chat.model_name} on {server.url} (POST /v1/messages, GET /health)",
         flush=True)
   try:

@@ -15,7 +15,7 @@ straight into the train state's shardings (`load_params`), the optimizer state i
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from etils import epath
 import flax.linen as nn
@@ -24,6 +24,7 @@ import ml_collections
 
 from lm import config as config_lib
 from lm.data import tokenizer as tokenizer_lib
+from lm.interop import base_ref
 from lm.interop import hf
 from lm.interop import hf_export
 from lm.interop import peft
@@ -99,8 +100,9 @@ def export_hf(workdir: str, hf_dir: str, dtype: str = "float32",
     mesh = jax.tree.leaves(shardings)[0].mesh
     _, adapters, base = checkpoint_lib.restore_adapters(workdir, config, model_config, mesh)
     if adapter_only:
+      ref = base_ref.read(workdir) or {"init_from": config.init_from}
       peft.save_adapter(hf_dir, model_config, lora, adapters,
-                        base_model=config.init_from.removeprefix("hf:"))
+                        base_model=ref["init_from"].removeprefix("hf:"))
       return model_config
     params = jax.jit(lambda a, b: lora_lib.merge(lora_lib.join(a, b), lora),
                      out_shardings=shardings)(adapters, base)
@@ -156,15 +158,18 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config_lib.lock(resolved)
 
 
-def load_params(init_from: str, model_config: ModelConfig, shardings: Any) -> Any:
-  """The parameters of `init_from`, each created directly in its sharding."""
+def load_params(init_from: str, model_config: ModelConfig, shardings: Any,
+                leaf_fn: Callable[[str, jax.Array], Any] | None = None) -> Any:
+  """The parameters of `init_from`, each created directly in its sharding; with `leaf_fn`,
+  read one leaf at a time and each replaced by `leaf_fn(path, leaf)` (QLoRA quantizes an
+  import so, without a float copy of the whole model)."""
   if init_from.startswith("hf:"):
-    return hf.load_params(os.path.expanduser(init_from[3:]), model_config, shardings)
+    return hf.load_params(os.path.expanduser(init_from[3:]), model_config, shardings, leaf_fn)
   boxed = state_lib.abstract_boxed_params(Decoder(model_config))
   # The bare shapes: under the train loop's mesh, nn.unbox would add sharding constraints.
   abstract = jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, boxed,
                           is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
-  params = checkpoint_lib.restore_params(_workdir(init_from), abstract, shardings)
+  params = checkpoint_lib.restore_params(_workdir(init_from), abstract, shardings, leaf_fn)
   if params is None:
     raise FileNotFoundError(f"init_from={init_from!r} holds no checkpoint and no params/")
   return params

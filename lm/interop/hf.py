@@ -436,11 +436,13 @@ def param_shardings(config: ModelConfig, mesh: Mesh,
   return rules_lib.logical_shardings(boxed, mesh, rules)
 
 
-def load_params(directory: str, config: ModelConfig, shardings: Any) -> Any:
+def load_params(directory: str, config: ModelConfig, shardings: Any,
+                leaf_fn: Callable[[str, jax.Array], Any] | None = None) -> Any:
   """Parameters of the HF model in `directory`, each created directly in its sharding.
 
   `shardings` is the tree of NamedShardings of `config`'s parameters (`param_shardings`, or
   the train state's). Each device's block is read from disk by that device's callback.
+  `leaf_fn(path, leaf)` replaces each leaf as soon as it is read (QLoRA quantizes it there).
   """
   family = family_of(read_hf_config(directory))
   table = family.tensors(config)
@@ -498,7 +500,9 @@ def load_params(directory: str, config: ModelConfig, shardings: Any) -> Any:
 
       return jax.make_array_from_callback(shape, sharding, callback)
 
-    return jax.tree_util.tree_map_with_path(lambda p, s: make(path_name(p), s), shardings)
+    leaf_fn = leaf_fn or (lambda path, x: x)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, s: leaf_fn(path_name(p), make(path_name(p), s)), shardings)
   finally:
     reader.close()
 

@@ -12,11 +12,18 @@ matches (a regex searched in e.g. `layers/attention/query`), it adds
 the adapted model computes exactly the base. The adapters carry W's logical axes plus a
 replicated `lora_rank`, so they shard with the base under every mesh.
 
+QLoRA: a base weight stored quantized (lm/model/quant.py) reaches the model as a `Quantized`;
+the provider's interception of `Module.param` dequantizes it where the layer reads it (under
+nn.scan: one layer's codes), and its matmul dequantizes it again inside `jax.checkpoint`, so
+neither the forward pass nor the saved residuals (under every remat policy) hold more than
+the layer's float kernel at a time: the backward pass recomputes it from the codes.
+
 PEFT's `lora_A.weight` [R, I] and `lora_B.weight` [O, R] are A and B flattened and transposed.
 """
 
 import dataclasses
 import re
+import weakref
 from typing import Any
 
 import flax
@@ -24,8 +31,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import qwix
+from qwix._src import interception
 from qwix._src.providers import ptq
 from qwix._src.utils import flax_util
+
+from lm.model import quant
 
 ADAPTER = re.compile(r"_lora_[ab]$")
 DEFAULT_TARGETS = r"attention/(query|key|value|out)$|mlp/(wi_up|wi_gate|wo)$"
@@ -78,10 +88,51 @@ class _Provider(qwix.LoraProvider):
     super().__init__(module_path=".*", rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
     self._lora = lora
     self._targets = re.compile(lora.targets)
+    self._dequantized: dict[int, tuple] = {}  # id(weight) -> (weakref to it, name, codes)
+
+  def nn_param(self, module: nn.Module, name: str, *args, **kwargs):
+    """A quantized base weight, dequantized where its layer reads it (what the model sees;
+    its matmul, in `dot_general`, dequantizes again inside a checkpoint)."""
+    stored = module.get_variable("params", name) if module.has_variable("params", name) else None
+    if not isinstance(stored, quant.Quantized):
+      return super().nn_param(module, name, *args, **kwargs)
+    w = quant.dequantize(stored)
+    self._dequantized = {k: v for k, v in self._dequantized.items() if v[0]() is not None}
+    self._dequantized[id(w)] = (weakref.ref(w), name, stored)
+    return w
+
+  def _weight(self, rhs: Any) -> tuple[str | None, quant.Quantized | None]:
+    """(the parameter a matmul's right operand is, its codes when quantized), through the
+    casts the model applies to it; (None, None) for an activation."""
+    x = rhs
+    while True:
+      ref, name, stored = self._dequantized.get(id(x), (None, None, None))
+      if ref is not None and ref() is x:
+        return name, stored
+      parent = getattr(x, "parent", None)
+      if parent is None or len(parent.in_tracers) != 1:
+        break
+      x = parent.in_tracers[0]
+    try:
+      return flax_util.find_param(rhs, ptq.WithAux), None
+    except ValueError:  # several parameters of rhs's shape: not one of them (qwix's heuristic)
+      return None, None
+
+  def einsum(self, *args, **kwargs):
+    """Unadapted: lm's weights meet activations in `token_matmul` (dot_general); an einsum is
+    attention's (qwix's own LoRA on einsums would take an activation for a weight whose shape
+    it shares)."""
+    return ptq.PtqProvider.einsum(self, *args, **kwargs)
 
   def dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs):
-    y = ptq.PtqProvider.dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs)
-    name = flax_util.find_param(rhs, ptq.WithAux)
+    name, stored = self._weight(rhs)
+    if stored is None:
+      y = ptq.PtqProvider.dot_general(self, lhs, rhs, dimension_numbers, *args, **kwargs)
+    else:  # QLoRA: the float kernel exists inside this checkpoint alone (recomputed backward)
+      def matmul(x, q):
+        return jax.lax.dot_general(x, quant.dequantize(q, rhs.dtype), dimension_numbers, *args,
+                                   **kwargs)
+      y = jax.checkpoint(interception.disable_interceptions(matmul))(lhs, stored)
     if name is None:  # not a weight (attention scores, ...)
       return y
     module = flax_util.get_current_module()
@@ -105,9 +156,15 @@ class _Provider(qwix.LoraProvider):
     if self._lora.dropout and module.has_rng("dropout"):  # training: the loss passes the key
       keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - self._lora.dropout, x.shape)
       x = jnp.where(keep, x / (1.0 - self._lora.dropout), 0).astype(x.dtype)
-    h = jax.lax.dot_general(x, a.astype(x.dtype), ((lhs_contract, tuple(range(k))), ((), ())))
-    d = jnp.tensordot(h, b.astype(h.dtype), axes=1)              # [tokens, *out]
+    d = interception.disable_interceptions(_low_rank)(x, a, b, lhs_contract)  # [tokens, *out]
     return y + (self._lora.scale * d).astype(y.dtype)
+
+
+def _low_rank(x: jax.Array, a: jax.Array, b: jax.Array, contract) -> jax.Array:
+  """(x @ A) @ B, outside qwix's interception (its matmuls are no weights to adapt)."""
+  k = a.ndim - 1
+  h = jax.lax.dot_general(x, a.astype(x.dtype), ((contract, tuple(range(k))), ((), ())))
+  return jnp.tensordot(h, b.astype(h.dtype), axes=1)
 
 
 def param_like(module: nn.Module, name: str, shape, axes, init) -> jax.Array:

@@ -7,7 +7,7 @@ from typing import Any
 import ml_collections
 
 STAGES = {"pretrain": "lm.stages.pretrain", "sft": "lm.stages.sft", "reward": "lm.stages.reward",
-          "dpo": "lm.stages.dpo", "grpo": "lm.stages.grpo"}
+          "dpo": "lm.stages.dpo", "grpo": "lm.stages.grpo", "ppo": "lm.stages.ppo"}
 
 
 def get(name: str):

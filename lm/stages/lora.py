@@ -88,12 +88,19 @@ class LoraStage:
       return jax.tree.map(jnp.zeros_like, params)
     return frozen.get("stage")
 
+  def import_leaf(self, path: str, leaf: jax.Array) -> Any:
+    """A leaf of the imported base as it is read: QLoRA quantizes each weight matrix there,
+    on its devices, so no host holds a float copy of the whole model."""
+    if not self.quantize:
+      return leaf
+    return quant.quantize_placed(path, leaf, self.quantize, self.double_quant)
+
   def _apply(self, apply: Callable, frozen: Any, rngs: dict | None) -> Callable:
     def adapted(params, tokens, **kwargs):
       if rngs is not None:
         kwargs["rngs"] = rngs
-      base = quant.dequantize_tree(frozen["base"])  # QLoRA: the float base, for this step
-      return apply(lora_lib.join(params, base), tokens, **kwargs)
+      # QLoRA: the base stays quantized; each weight is dequantized where its layer reads it
+      return apply(lora_lib.join(params, frozen["base"]), tokens, **kwargs)
     return adapted
 
   def policy_of(self, params: Any, frozen: Any) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from lm import config as config_lib
+from lm.interop import base_ref
 from lm.model import Decoder, ModelConfig
 from lm.model import lora as lora_lib
 from lm.model import quant
@@ -199,10 +200,12 @@ def restore_frozen(workdir: str, abstract_frozen, shardings):
     return checkpointer.restore(path, rules_lib.with_shardings(abstract_frozen, shardings))
 
 
-def restore_params(workdir: str, abstract_params, shardings):
+def restore_params(workdir: str, abstract_params, shardings, leaf_fn: Callable | None = None):
   """The parameters of `workdir`, placed in `shardings`: those of its newest checkpoint (the
-  optimizer state is not read), else its imported `params/`; None when it has neither."""
-  target = rules_lib.with_shardings(abstract_params, shardings)
+  optimizer state is not read), else its imported `params/`; None when it has neither.
+
+  `leaf_fn(path, array)`: read the parameters one leaf at a time and keep `leaf_fn`'s result
+  for each (QLoRA quantizes an import so: no float copy of the whole model at once)."""
   root = _root(workdir)
   step = None
   if (root / "checkpoints").exists():
@@ -210,17 +213,29 @@ def restore_params(workdir: str, abstract_params, shardings):
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
       step = manager.latest_step()
   if step is not None:
-    item = {"params": target}
+    path, wrap = root / "checkpoints" / str(step) / "state", lambda t: {"params": t}
+  elif (root / PARAMS_DIR).exists():
+    path, wrap = root / PARAMS_DIR, lambda t: t
+  else:
+    return None
+
+  def restore(abstract, placed):
+    item = wrap(rules_lib.with_shardings(abstract, placed))
     with ocp.PyTreeCheckpointer() as checkpointer:
-      return checkpointer.restore(root / "checkpoints" / str(step) / "state",
-                                  args=ocp.args.PyTreeRestore(
-                                      item=item, partial_restore=True,
-                                      restore_args=ocp.checkpoint_utils.construct_restore_args(item)
-                                  ))["params"]
-  if (root / PARAMS_DIR).exists():
-    with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(root / PARAMS_DIR, target)
-  return None
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=item, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(item)))
+    return restored["params"] if step is not None else restored
+
+  if leaf_fn is None:
+    return restore(abstract_params, shardings)
+  flat, placed = (flax.traverse_util.flatten_dict(t, sep="/") for t in (abstract_params,
+                                                                           shardings))
+  unflatten = lambda path, x: flax.traverse_util.unflatten_dict({path: x}, sep="/")
+  return flax.traverse_util.unflatten_dict({
+      path: leaf_fn(path, flax.traverse_util.flatten_dict(restore(
+          unflatten(path, leaf), unflatten(path, placed[path])), sep="/")[path])
+      for path, leaf in flat.items()}, sep="/")
 
 
 def lora_of(config: ml_collections.ConfigDict) -> lora_lib.LoraConfig | None:
@@ -232,6 +247,7 @@ def restore_adapters(workdir: str, config: ml_collections.ConfigDict, model_conf
                      mesh: Mesh, rules: rules_lib.Rules = rules_lib.DEFAULT_RULES):
   """(LoraConfig, adapters, base) of a LoRA run in `workdir`: the adapters of its newest
   checkpoint, the base it wrote once (`frozen/`), both placed by `rules` on `mesh`."""
+  base_ref.check(workdir)  # a ValueError if the base it adapted has changed since
   lora = lora_of(config)
   abstract, shardings = state_lib.abstract_params_and_shardings(
       lora_lib.adapt(Decoder(model_config), lora), mesh, rules)

@@ -31,6 +31,7 @@ from lm import config as config_lib
 from lm.data import pipeline as pipeline_lib
 from lm.data import sources
 from lm.data import tokenizer as tokenizer_lib
+from lm.interop import base_ref
 from lm.interop import convert as init_from_lib
 from lm.model import Decoder, ModelConfig
 from lm.parallel import mesh as mesh_lib
@@ -208,15 +209,19 @@ def load_init_from(setup: Setup) -> Any:
   """The model's parameter tree at step 0: what `init_from` holds (a Decoder's tree) placed
   as the stage's model places it, under the stage's `pretrained_key` (a reward model's
   "decoder") where it names one; the model's other parameters (a head, LoRA adapters)
-  freshly initialised from the seed (`params_with`)."""
+  freshly initialised from the seed (`params_with`). A stage with `import_leaf` (QLoRA) has
+  each leaf replaced as it is read (quantized)."""
   config, key = setup.config, getattr(setup.stage, "pretrained_key", None)
   shardings = setup.model_shardings if key is None else setup.model_shardings[key]
   loaded = init_from_lib.load_params(config.init_from, setup.model_config,
-                                     state_lib.subtree(shardings, setup.imported_params))
+                                     state_lib.subtree(shardings, setup.imported_params),
+                                     getattr(setup.stage, "import_leaf", None))
   if key is not None:
     loaded = {key: loaded}
-  return state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
-                               setup.model_shardings)
+  params = state_lib.params_with(setup.model, jax.random.key(config.seed), loaded,
+                                 setup.model_shardings)
+  load_extra = getattr(setup.stage, "load_extra", None)  # e.g. a value model's start
+  return params if load_extra is None else load_extra(params)
 
 
 def start_params(setup: Setup) -> Any:
@@ -276,6 +281,11 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
                                                         setup.shardings.frozen))
   if restored is None and state.frozen is not None:
     checkpoint_lib.save_frozen(workdir, state.frozen)
+  if config.lora.rank and config.init_from:  # adapters: the base they belong to (base.json)
+    if restored is None and jax.process_index() == 0:
+      base_ref.write(workdir, config.init_from)
+    elif restored is not None:
+      base_ref.check(workdir)
   if jax.process_index() == 0:  # only now: a config the checkpoints refused must not replace theirs
     save_config(config, workdir)
     tokenizer_lib.save_chat_template(setup.tokenizer, workdir)  # what lm chat / serve render
@@ -297,12 +307,18 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   config, stage, t = setup.config, setup.stage, setup.config.train
   is_main = jax.process_index() == 0
   shardings, mesh = setup.shardings, setup.mesh
-  train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
-                       in_shardings=(shardings, setup.data_sharding),
-                       out_shardings=(shardings, rules_lib.replicated(mesh)),
-                       donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(setup.model, stage),
-                      in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
+  if hasattr(stage, "make_step"):  # more than one update of its loss (RL: rollouts, rewards)
+    train_step = stage.make_step(setup, workdir)
+  else:
+    train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
+                         in_shardings=(shardings, setup.data_sharding),
+                         out_shardings=(shardings, rules_lib.replicated(mesh)),
+                         donate_argnums=(0,))
+  if hasattr(stage, "make_eval_step"):
+    eval_step = stage.make_eval_step(setup)
+  else:
+    eval_step = jax.jit(make_eval_step(setup.model, stage),
+                        in_shardings=(shardings.params, shardings.frozen, setup.data_sharding))
   eval_set = stage.eval_set(setup.source.eval, config, setup.rows)
   eval_data = [setup.to_global(b) for b in eval_set.batches]
   tokens = tokens_per_step(stage, t)

@@ -21,6 +21,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from lm.model import ModelConfig
+from lm.model import quant
 from lm.parallel import rules as rules_lib
 from lm.train import guard as guard_lib
 
@@ -122,15 +123,22 @@ def params_with(model: nn.Module, key: jax.Array, loaded: Any, shardings: Any) -
   """The model's whole parameter tree: `loaded` (imported parameters, already sharded) where it
   has a leaf, a fresh initialisation elsewhere (adapters, a new head). Inside one jit, the
   fresh leaves that `loaded` replaces are never computed."""
+  loaded_shardings = jax.tree.map(lambda x: x.sharding, loaded)
   def init(loaded):
     fresh = _flat(nn.unbox(init_params(model, key)))
     return flax.traverse_util.unflatten_dict({**fresh, **_flat(loaded)}, sep="/")
-  return jax.jit(init, in_shardings=(jax.tree.map(lambda x: x.sharding, loaded),),
-                 out_shardings=shardings)(loaded)
+  # A leaf `loaded` holds in another form (quantized) keeps its own placement.
+  out = flax.traverse_util.unflatten_dict({**_flat(shardings), **_flat(loaded_shardings)},
+                                          sep="/")
+  return jax.jit(init, in_shardings=(loaded_shardings,), out_shardings=out)(loaded)
 
 
 def count_params(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
+  """Parameters in `params`; a quantized weight (QLoRA's base) counts the values it stands
+  for, not its codes."""
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, quant.Quantized))
+  return sum(quant.num_values(x) if isinstance(x, quant.Quantized) else int(x.size)
+             for x in leaves)
 
 
 def count_bytes(tree: Any) -> int:

@@ -81,7 +81,7 @@ def test_stop_tokens_are_end_of_turn_and_eos():
     ({"max_tokens": 5, "messages": HELLO, "top_p": 0}, "top_p"),
     ({"max_tokens": 5, "messages": HELLO, "stop_sequences": "x"}, "stop_sequences"),
     ({"max_tokens": 5, "messages": HELLO, "stream": "yes"}, "stream"),
-    ({"max_tokens": 5, "messages": HELLO, "tools": []}, "not supported"),
+    ({"max_tokens": 5, "messages": HELLO, "thinking": {}}, "not supported"),
     ({"max_tokens": 5, "messages": HELLO, "colour": 1}, "extra inputs"),
     # Python callers can pass what JSON cannot: non-finite and oversized numbers.
     ({"max_tokens": 5, "messages": HELLO, "top_p": float("nan")}, "top_p"),

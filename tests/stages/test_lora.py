@@ -76,11 +76,14 @@ def test_qlora_keeps_a_4_bit_base_and_serves_what_it_trained(make_config, tmp_pa
   assert all(v.dtype == np.uint8 for v in codes.values())
   assert flat(frozen)["layers/mlp/wo/absmax"].dtype == np.int8         # double quantization
   assert flat(frozen)["embed/embedding"].dtype == np.float32           # not a matrix we quantize
+  assert flat(frozen)["layers/mlp_norm/scale"].dtype == np.float32     # [L, D]: a vector a layer
+  layers = config_lib.model_config(config).num_layers                  # each layer on its own
+  assert flat(frozen)["layers/mlp/wo/codes"].shape[0] == layers
   # Two 4-bit codes a byte for every weight matrix of the model.
   shapes = flat(jax.eval_shape(lambda: Decoder(config_lib.model_config(config)).init(
       jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]))
-  matrices = {k: v.value.size for k, v in shapes.items()
-              if v.value.ndim >= 2 and "embedding" not in k}
+  matrices = {k: v.value.size for k, v in shapes.items()   # one layer's is a matrix: not norms
+              if v.value.ndim - k.startswith("layers/") >= 2 and "embedding" not in k}
   assert {k: v.size * 2 for k, v in codes.items()} == {k + "/codes": n
                                                         for k, n in matrices.items()}
   saved = config_lib.model_config(config)
@@ -98,3 +101,20 @@ def test_qlora_keeps_a_4_bit_base_and_serves_what_it_trained(make_config, tmp_pa
       {"params": lora.join(adapters, base)}, tokens)
   served = Decoder(model_config).apply({"params": merged}, tokens)
   assert np.abs(np.asarray(ours) - np.asarray(served)).max() < 1e-4
+
+
+def test_qlora_step_holds_one_layers_float_kernel_not_the_base(make_config):
+  """XLA's memory analysis of the compiled step (lm plan): with the base in NF4, the step's
+  temporaries exceed those of LoRA on a float32 base by at most a layer's float kernels (each
+  weight is dequantized where its layer reads it, and again in the backward pass), not by the
+  float copy of every layer's weights that dequantizing the whole base would add."""
+  from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  fields = dict(model__num_layers=8, model__d_model=128, model__d_ff=512, model__remat="none",
+                train__batch_size=2, train__seq_len=32, lora__rank=4)
+  lora_float = plan_lib.plan(make_config(**fields), compile_step=True)
+  qlora = plan_lib.plan(make_config(**fields, lora__quantize="nf4"), compile_step=True)
+  layers = 8
+  matrices = qlora.num_frozen - 512 * 128 - (2 * layers + 1) * 128  # all but embedding, norms
+  assert qlora.frozen < lora_float.frozen / 4                      # the codes are stored
+  extra = qlora.compiled.temp - lora_float.compiled.temp
+  assert extra < 2 * 4 * matrices / layers, (extra, 4 * matrices)  # < two layers' float32

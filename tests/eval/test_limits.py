@@ -1,0 +1,51 @@
+"""Tests for lm/eval/limits.py: the synthetic items hold what they claim, the scoring counts
+by hand, the tables. (The evals themselves run in experiments/limits: minutes on a real
+model.)"""
+
+import re
+
+import numpy as np
+import pytest
+
+from lm.eval import limits
+from lm.infer import retrieval
+
+
+@pytest.mark.parametrize("position", [0, 3, 6])
+def test_kv_items_ask_about_the_key_at_the_position(position):
+  [(question, answer)] = limits.kv_items(7, position, 1, np.random.default_rng(0))
+  lines = re.findall(r"^([0-9a-f]{6}): ([0-9a-f]{6})$", question, re.M)
+  assert len(lines) == 7 and len({k for k, _ in lines}) == 7
+  key = re.search(r"value of key ([0-9a-f]{6})\?", question).group(1)
+  assert lines[position] == (key, answer)
+
+
+def test_score_counts_correct_abstentions_and_confident_wrong_answers():
+  answered = limits._score(["It is Paris.", "I don't know.", "Lyon", "Paris? not sure"],  # pylint: disable=protected-access
+                           ["Paris"] * 4)
+  assert (answered["correct"], answered["abstain"], answered["confident_wrong"]) == (
+      0.5, 0.25, 0.25)
+  unanswerable = limits._score(["I do not know", "About 300 km."], [None, None])  # pylint: disable=protected-access
+  assert (unanswerable["correct"], unanswerable["abstain"],
+          unanswerable["confident_wrong"]) == (0.5, 0.5, 0.5)
+
+
+def test_the_documents_hold_the_answers_and_retrieval_finds_them(tmp_path):
+  questions = limits.write_documents(str(tmp_path), np.random.default_rng(0))
+  index = retrieval.Index.from_folder(str(tmp_path), size=60, overlap=15)
+  for question, answer in questions:
+    top = index.search(question, 3)
+    assert any(re.search(rf"\b{answer}\b", p.text) for p in top), question
+  for name in limits.ABSENT:  # the unanswerable entities are in no document
+    assert not any(name in p.text for p in index.passages)
+
+
+def test_tables_show_every_length_and_set():
+  results = {"lost_in_the_middle": {"table": {"10": {"prompt_tokens": 200,
+                                                     "accuracy_by_position": {"0": 1.0,
+                                                                              "9": 0.5}}}},
+             "knowledge": {"table": {"nowhere": {"with_retrieval": {
+                 "correct": 0.25, "abstain": 0.25, "confident_wrong": 0.75}}}}}
+  table = limits.format_tables(results)
+  assert "| 10 | 200 | 0:100% 9:50% |" in table
+  assert "| nowhere | with | 25% | 25% | 75% |" in table
