@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from lm.train import preemption
+
 Overrides = dict[str, Any]
 LABEL = "label"          # a variant's name, not a config field
 RUN_FILE = "sweep_run.json"
@@ -281,8 +283,10 @@ def run_all(runs: list[Run], train: Callable[[ml_collections.ConfigDict, str], d
             log: Callable[[str], None] = print) -> list[str]:
   """Trains each run that is not finished, one after the other; returns the names trained.
   `train(config, workdir)` resumes from the workdir's newest checkpoint (the training loop
-  does). A run stopped by a signal (its metrics say `stopped_early`) ends the sweep."""
+  does). A signal that reaches a run (it stops early, or it came during the run's last eval or
+  save) ends the sweep."""
   trained = []
+  preemption.StopRequest.caught_in_process = None
   for i, run in enumerate(runs):
     state = status(run)
     if state in ("finished", "running"):  # two sweep processes can share a workdir
@@ -305,6 +309,9 @@ def run_all(runs: list[Run], train: Callable[[ml_collections.ConfigDict, str], d
     trained.append(run.name)
     if not record["finished"]:
       log(f"{run.name} stopped at step {metrics.get('step')}; run the same command to resume")
+      break
+    if preemption.StopRequest.caught_in_process is not None:
+      log(f"{run.name} finished; stopped as asked before the next run")
       break
   return trained
 

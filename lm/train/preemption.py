@@ -25,6 +25,9 @@ class StopRequest:
   """A context manager that turns SIGTERM / SIGINT into a request to stop at a step boundary."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  # The last signal any StopRequest of this process caught, even one too late to stop its run
+  # (during the last eval or save): a caller that trains run after run (`lm sweep`) stops too.
+  caught_in_process: int | None = None
 
   def __init__(self):
     self.received: int | None = None
@@ -49,7 +52,7 @@ class StopRequest:
       signal.signal(signum, signal.SIG_DFL)
       os.kill(os.getpid(), signum)
       return
-    self.received = signum
+    self.received = StopRequest.caught_in_process = signum
     logging.warning("%s received: finishing this step, then saving a checkpoint and exiting "
                     "(send it again to exit at once)", name)
 

@@ -4,6 +4,7 @@ through the real training loop, and TPU launch commands that tpu_scripts/launch.
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from lm.experiments import sweep as sweep_lib
+from lm.train import preemption
 # pylint: disable-next=unused-import
 from tests.tpu_scripts.test_dry_run import ROOT, env, printed, remote
 
@@ -135,6 +137,22 @@ def test_a_run_that_another_process_trains_is_skipped(make_config, tmp_path):
   assert sweep_lib.run_all([run], lambda c, w: trained.append(w) or {"step": 6},
                            log=lambda _: None) == ["seed-3"]
   assert trained == [run.workdir] and sweep_lib.read_record(run.workdir)["pid"] is None
+
+
+def test_a_signal_during_a_runs_last_save_ends_the_sweep(make_config, tmp_path):
+  runs = sweep_lib.plan(make_config(), [{"seed": 1}, {"seed": 2}], str(tmp_path))
+  trained = []
+
+  def train(config, workdir):  # the signal arrives after the last step: the run still ends
+    trained.append(workdir)
+    with preemption.StopRequest():
+      os.kill(os.getpid(), signal.SIGTERM)
+    return {"step": 6}
+
+  assert sweep_lib.run_all(runs, train, log=lambda _: None) == ["seed-1"]
+  assert trained == [runs[0].workdir]
+  assert [sweep_lib.status(r) for r in runs] == ["finished", "new"]
+  assert sweep_lib.run_all(runs, lambda c, w: {"step": 6}, log=lambda _: None) == ["seed-2"]
 
 
 # --- Cloud TPU --------------------------------------------------------------------------------
