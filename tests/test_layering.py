@@ -1,5 +1,6 @@
 """The layers import downwards only: model <- parallel <- train <- stages <- plan, cli
-(DESIGN.md); lm.rl (rollouts, rewards, RL math) sits below the stages. In particular the training loop imports no stage."""
+(DESIGN.md); lm.rl (rollouts, rewards, RL math) sits below the stages, lm.constitutional and
+lm.experiments (sweeps, reports) above them. In particular the training loop imports no stage."""
 
 import ast
 import pathlib
@@ -8,12 +9,14 @@ import pytest
 
 LM = pathlib.Path(__file__).resolve().parent.parent / "lm"
 FORBIDDEN = {
-    "model": ("lm.parallel", "lm.train", "lm.stages", "lm.plan", "lm.cli", "lm.infer"),
-    "parallel": ("lm.train", "lm.stages", "lm.plan", "lm.cli"),
-    "train": ("lm.stages", "lm.plan", "lm.cli"),
-    "rl": ("lm.stages", "lm.plan", "lm.cli"),
-    "stages": ("lm.plan", "lm.cli", "lm.constitutional"),
-    "constitutional": ("lm.plan", "lm.cli"),
+    "model": ("lm.parallel", "lm.train", "lm.stages", "lm.plan", "lm.cli", "lm.infer",
+              "lm.experiments"),
+    "parallel": ("lm.train", "lm.stages", "lm.plan", "lm.cli", "lm.experiments"),
+    "train": ("lm.stages", "lm.plan", "lm.cli", "lm.experiments"),
+    "rl": ("lm.stages", "lm.plan", "lm.cli", "lm.experiments"),
+    "stages": ("lm.plan", "lm.cli", "lm.constitutional", "lm.experiments"),
+    "constitutional": ("lm.plan", "lm.cli", "lm.experiments"),
+    "experiments": ("lm.cli",),
 }
 
 
