@@ -4,7 +4,8 @@ the official `anthropic` SDK against `lm serve`'s server on loopback.
 The sampled calls come from the tiny noise model (tests/infer/models.py), which knows
 nothing of JSON: every call it makes parses and validates only because of the grammar.
 SDK 2.14 has no `temperature` argument: it goes in `extra_body` (the server defaults to 1).
-The round trip (tool_use -> tool_result -> answer) runs SmolLM2-135M-Instruct when `lm
+The round trip (tool_use -> tool_result -> answer) runs on the noise model always, and on
+SmolLM2-135M-Instruct (where the answer must use the result) when `lm
 fetch` has it cached or can download it (as tests/interop/test_gguf.py), else is skipped;
 it costs about a minute here (load and compile), so it runs only with LM_TEST_SMOLLM2=1.
 """
@@ -152,6 +153,28 @@ def test_streamed_tool_use_equals_the_message(sdk):
   assert final.stop_reason == plain.stop_reason == "tool_use"
   assert [(b.name, b.input) for b in final.content] == [(b.name, b.input) for b in plain.content]
   assert set(final.content[0].input) == {"a", "b"}
+
+
+def test_tool_round_trip_use_result_answer(sdk, server):
+  """tool_use -> tool_result -> answer through the SDK, as a client writes it: the assistant's
+  content goes back as the SDK returned it, the result in the next user turn; the model's next
+  prompt holds the call and the result, and the answer is text (tool_choice none)."""
+  request = dict(model="lm", max_tokens=256, tools=[ADD], extra_body={"temperature": 0})
+  reply = sdk.messages.create(**request, messages=ASK, tool_choice={"type": "any"})
+  [use] = reply.content
+  assert reply.stop_reason == "tool_use" and use.name == "add"
+  turns = ASK + [{"role": "assistant", "content": reply.content},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                               "content": "sum is 77"}]}]
+  final = sdk.messages.create(**request, messages=turns, tool_choice={"type": "none"})
+  assert final.stop_reason != "tool_use" and [b.type for b in final.content] == ["text"]
+  body = {**request, "messages": [{**t, "content": [b.model_dump() for b in t["content"]]}
+                                  if t["role"] == "assistant" else t for t in turns]}
+  del body["extra_body"]
+  prompt = server.chat.tokenizer.decode(server.chat.prompt(chat_lib.parse_request(body)))
+  assert "<tool_result>sum is 77</tool_result>" in prompt
+  assert json.dumps(use.input, separators=(",", ":")) in prompt
+  assert final.usage.input_tokens == len(server.chat.prompt(chat_lib.parse_request(body)))
 
 
 def history(use_id="toolu_1"):
