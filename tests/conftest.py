@@ -11,9 +11,10 @@ def data_cache(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("data_cache"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_config(data_cache):
-  """A tiny, fast config; keyword overrides use `section__field=value`."""
+  """A tiny, fast config; keyword overrides use `section__field=value` (a stateless factory,
+  so session fixtures can use it too)."""
 
   def make(**overrides):
     config = config_lib.base_config()

@@ -25,20 +25,11 @@ def _stage_stopping_at(config, step_to_stop):
 
 
 @pytest.fixture(scope="session")
-def swept(tmp_path_factory, data_cache):
+def swept(tmp_path_factory, make_config):
   """Runs "a" and "b" of one config (6 steps, checkpoints at 3 and 6); "b" is interrupted by a
   SIGTERM after step 3, then the sweep is run again, then a third time. Returns the workdir,
   the runs and the names each call trained."""
-  from lm import config as config_lib  # pylint: disable=import-outside-toplevel
-  config = config_lib.base_config()
-  config.model.preset = "tiny"
-  config.data.cache_dir = data_cache
-  config.data.source = "synthetic:markov"
-  t = config.train
-  t.steps, t.batch_size, t.seq_len, t.lr, t.warmup_steps = 6, 8, 32, 3e-3, 2
-  t.log_every, t.eval_every, t.checkpoint_every = 1, 1000, 3
-  config.data.eval_documents = 1
-  config = config_lib.lock(config)
+  config = make_config(train__checkpoint_every=3)
   workdir = str(tmp_path_factory.mktemp("sweep"))
   runs = sweep_lib.plan(config, [{"label": "a"}, {"label": "b"}], workdir)
   sweep_lib.write_sweep_file(workdir, "s.py", "c.py", runs, {})
