@@ -23,6 +23,7 @@ import numpy as np
 TRAIN_PER_TASK = 5000
 EVAL_PER_TASK = 50
 EVAL_FRACTION = 8  # one question in this many is held out
+_MAX_MISSES = 100_000  # draws in a row without a new held-out item: the split is exhausted
 
 _LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 # (from, to, factor): "3 km in m?" -> "3000"; the inverse direction divides exactly. Powers
@@ -106,25 +107,35 @@ def check_tasks(tasks: Sequence[str] | None) -> tuple[str, ...]:
   return tasks
 
 
-def records(split: str, seed: int = 0, tasks: Sequence[str] | None = None) -> list[dict]:
+def records(split: str, seed: int = 0, tasks: Sequence[str] | None = None,
+            eval_per_task: int = EVAL_PER_TASK) -> list[dict]:
   """Chat records of `split` ("train" or "eval"), task by task in the order given.
 
-  train: TRAIN_PER_TASK draws per task (a small task may repeat items); eval: EVAL_PER_TASK
-  distinct held-out items per task.
+  train: TRAIN_PER_TASK draws per task (a small task may repeat items); eval: `eval_per_task`
+  distinct held-out items per task. A larger `eval_per_task` extends the default set (its
+  first EVAL_PER_TASK items per task are the default ones), for measurements that must tell
+  a few points apart; add has about a thousand held-out questions in all.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r}: the built-in tasks have splits 'train' and 'eval'")
+  if eval_per_task < 1:
+    raise ValueError(f"eval_per_task={eval_per_task} must be at least 1")
   held_out = split == "eval"
-  count = EVAL_PER_TASK if held_out else TRAIN_PER_TASK
+  count = eval_per_task if held_out else TRAIN_PER_TASK
   out = []
   for name in check_tasks(tasks):
     rng, make = _task_seed(seed, name, split), _TASKS[name]
     seen: set[str] = set()
-    added = 0
+    added = misses = 0
     while added < count:
       question, answer = make(rng)
       if is_held_out(name, question) != held_out or (held_out and question in seen):
+        misses += 1
+        if misses > _MAX_MISSES:  # the held-out split of this task has fewer distinct items
+          raise ValueError(f"eval_per_task={eval_per_task}: task {name!r} has fewer distinct "
+                           f"held-out questions ({added} found)")
         continue
+      misses = 0
       seen.add(question)
       added += 1
       out.append({"messages": [{"role": "user", "content": question},

@@ -88,3 +88,17 @@ def _expected(task: str, question: str) -> str:
 def test_answers_match_an_independent_computation(train, held_out):
   for r in train[::7] + held_out:
     assert r["answer"] == _expected(r["task"], _question(r)), r
+
+
+def test_a_larger_held_out_set_extends_the_default_one(held_out):
+  big = tasks.records("eval", seed=0, tasks=["add", "lookup"], eval_per_task=400)
+  assert [r["task"] for r in big] == ["add"] * 400 + ["lookup"] * 400
+  default = {t: [r for r in held_out if r["task"] == t] for t in ("add", "lookup")}
+  assert big[:tasks.EVAL_PER_TASK] == default["add"]
+  assert big[400:400 + tasks.EVAL_PER_TASK] == default["lookup"]
+  questions = [_question(r) for r in big]
+  assert len(set(questions)) == len(questions)
+  assert all(tasks.is_held_out(r["task"], _question(r)) for r in big)
+  # add: 90 x 90 questions, about one in EVAL_FRACTION held out; asking for more is an error.
+  with pytest.raises(ValueError, match="eval_per_task=2000: task 'add' has fewer distinct"):
+    tasks.records("eval", tasks=["add"], eval_per_task=2000)
