@@ -67,7 +67,7 @@ def main() -> None:
   steps = sorted(int(p.name) for p in (epath.Path(args.workdir) / "checkpoints").iterdir()
                  if p.name.isdigit() and int(p.name) % args.every == 0)
   for step in [0] + steps:
-    if str(step) in results:
+    if set(tasks_lib.check_tasks(tasks)) <= set(results.get(str(step), {})):
       continue
     if step == 0:
       params = checkpoint_lib.restore_params(config.init_from, abstract, shardings)
@@ -76,7 +76,8 @@ def main() -> None:
     engine = Engine(model_config, params, tokenizer, mesh=mesh)
     scores = exact_match.score(records, exact_match.replies(engine, records,
                                                                   batch_size=args.batch_size))
-    results[str(step)] = {task: s["accuracy"] for task, s in scores.items()}
+    results[str(step)] = {**results.get(str(step), {}),
+                          **{task: s["accuracy"] for task, s in scores.items()}}
     print(step, results[str(step)], flush=True)
     out_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     jax.clear_caches()
