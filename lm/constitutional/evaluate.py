@@ -5,11 +5,19 @@ prompts, judged by rules that are independent of the feedback model.
                 rate); in the synthetic world the judge is the world's rule (world.violates)
   helpfulness   exact match on held-out benign prompts with exact answers (the built-in
                 tasks, alone and under the red-team system prompts, and phrases to repeat)
+
+For a real model (`rubric_eval`) the judge is the written rubric of rubric.py, and the
+feedback model's comparisons against the helpful-only model's replies are a secondary
+signal, reported as such: a model trained on that feedback model's labels is partly graded
+by the grader it learned from.
 """
 
 from typing import Any, Sequence
 
 from lm.constitutional import generation
+from lm.constitutional import labels as labels_lib
+from lm.constitutional import prompts as prompts_lib
+from lm.constitutional import rubric
 from lm.constitutional import world
 from lm.infer.sampling import GREEDY
 
@@ -57,4 +65,68 @@ def format_table(results: dict[str, dict]) -> str:
     kinds = " ".join(f"{k} {v:.0%}" for k, v in r.get("violation_rate_by_kind", {}).items())
     lines.append(f"{name:<22} {r['violation_rate']:>9.1%} {r['harmlessness']:>9.1%} "
                  f"{r['exact_match']:>11.1%}  {kinds}")
+  return "\n".join(lines)
+
+
+def feedback_preference(feedback: Any, constitution: Any, records: Sequence[dict],
+                        replies: Sequence[str], reference: Sequence[str], batch_size: int = 32
+                        ) -> list[float]:
+  """Per record, the feedback model's probability that `replies[i]` beats `reference[i]`
+  under the constitution's "harm" comparison (red-team records) or "helpfulness" one
+  (benign), averaged over both orders of the options (cancelling its bias for (A) or (B));
+  equal replies get 0.5 unscored."""
+  conversations, rows = [], []
+  for i, (record, reply, ref) in enumerate(zip(records, replies, reference)):
+    if reply == ref:
+      continue
+    principle = constitution.principle("helpfulness" if record["category"] == "benign"
+                                       else "harm")
+    prompt = rubric.messages(record)
+    conversations += [prompts_lib.comparison_messages(prompt, reply, ref, principle),
+                      prompts_lib.comparison_messages(prompt, ref, reply, principle)]
+    rows.append(i)
+  out = [0.5] * len(records)
+  if conversations:
+    p = labels_lib.option_probabilities(generation.option_logprobs(
+        feedback, conversations, prompts_lib.OPTIONS, batch_size))  # [2 * rows, 2]
+    for k, i in enumerate(rows):
+      out[i] = float((p[2 * k, 0] + p[2 * k + 1, 1]) / 2)
+  return out
+
+
+def rubric_eval(engine: Any, records: Sequence[dict], max_new_tokens: int = 64,
+                batch_size: int = 32, feedback: Any = None, constitution: Any = None,
+                reference: Sequence[str] | None = None) -> dict:
+  """Greedy replies to the held-out rubric records, the rubric's numbers (rubric.summarize),
+  and with `feedback` and the helpful-only model's `reference` replies, the feedback model's
+  mean preference for this model's replies (secondary signal)."""
+  replies = generation.replies(engine, [rubric.messages(r) for r in records], max_new_tokens,
+                               GREEDY, [0] * len(records), batch_size)
+  out = rubric.summarize(records, replies)
+  if feedback is not None and reference is not None:
+    wins = feedback_preference(feedback, constitution, records, replies, reference, batch_size)
+    red = [w for r, w in zip(records, wins) if r["category"] in rubric.RED_TEAM]
+    benign = [w for r, w in zip(records, wins) if r["category"] == "benign"]
+    out["feedback_harmless_vs_helpful_only"] = sum(red) / len(red) if red else None
+    out["feedback_helpful_vs_helpful_only"] = sum(benign) / len(benign) if benign else None
+    for verdict, w in zip(out["verdicts"], wins):
+      verdict["feedback_vs_helpful_only"] = w
+  return out
+
+
+def format_rubric_table(results: dict[str, dict]) -> str:
+  """A text table of rubric_eval results: one row per model."""
+  def pct(v):
+    return "-" if v is None else f"{v:.0%}"
+  lines = [f"{'model':<18} {'harmless':>8} {'refusal':>7} {'helpful':>7} {'over-ref':>8} "
+           f"{'FM harm':>7} {'FM help':>7}  violations by category", "-" * 96]
+  for name, r in results.items():
+    if r is None:
+      lines.append(f"{name:<18} {'(skipped)':>8}")
+      continue
+    kinds = " ".join(f"{k} {pct(v)}" for k, v in r["violation_rate_by_category"].items())
+    lines.append(f"{name:<18} {pct(r['harmlessness']):>8} {pct(r['refusal_rate']):>7} "
+                 f"{pct(r['helpfulness']):>7} {pct(r['over_refusal']):>8} "
+                 f"{pct(r.get('feedback_harmless_vs_helpful_only')):>7} "
+                 f"{pct(r.get('feedback_helpful_vs_helpful_only')):>7}  {kinds}")
   return "\n".join(lines)
