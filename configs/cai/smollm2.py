@@ -1,9 +1,9 @@
 """Constitutional AI on a real instruction-tuned model, on CPU: SmolLM2-135M-Instruct (the
-helpful-only model) critiques and revises its own replies to 32 red-team prompts under the
-default constitution (16 principles), is LoRA-fine-tuned on its revisions (SL-CAI), labels
+helpful-only model) critiques and revises its own replies to 16 red-team prompts under the
+default constitution (16 principles), is fine-tuned on its revisions (SL-CAI), labels
 pairs of its own samples (AI feedback), and is trained on those labels by a preference model
-+ GRPO and by DPO; held-out prompts are judged by a written rubric (lm/constitutional/
-rubric.py), the feedback model's comparisons a secondary signal.
++ GRPO and by DPO (LoRA adapters on SL-CAI); held-out prompts are judged by a written
+rubric (lm/constitutional/rubric.py), the feedback model's comparisons a secondary signal.
 
 Command:  python -m lm fetch smollm2-135m-instruct      # prints the workdir used below
           nice -n 5 python -m lm constitutional --config=configs/cai/smollm2.py \
@@ -12,12 +12,13 @@ Hardware: 2 CPU cores (shared with other jobs), no accelerator, no network.
 Runtime:  see experiments/constitutional/README.md, "Real model" (tens of minutes, noisy).
 Result:   experiments/constitutional/README.md, "Real model (SmolLM2-135M-Instruct)".
 Data:     experiments/constitutional/smollm2/: red_team_train.jsonl (32 prompts, 4 with a
-          secret in the system prompt), helpful_train.jsonl (20 hand-written helpful
-          conversations mixed into SL-CAI's SFT), red_team_eval.jsonl and benign_eval.jsonl
+          secret in the system prompt; the first 16 used), helpful_train.jsonl (20
+          hand-written helpful conversations mixed into SL-CAI's SFT), red_team_eval.jsonl and benign_eval.jsonl
           (24 + 24 held-out prompts with the rubric's categories and markers); all written
           for this project.
-Scale is the machine's: 1 demonstration (not 3) before each of 2 rounds (not 4), replies of
-at most 64 tokens, sampling at temperature 0.7 (at 1.0 the 135M model mostly writes
+Scale is the machine's (2 cores shared with six other jobs gave this run ~1/6 of one core):
+16 of the 32 training prompts, 1 demonstration (not 3) before 1 round (not 4), replies of
+at most 48 tokens, sampling at temperature 0.7 (at 1.0 the 135M model mostly writes
 nonsense), a few optimizer steps per training step.
 """
 
@@ -38,43 +39,46 @@ def get_config(arg: str | None = None):
   cai.world = False
   cai.policy = POLICY                  # `python -m lm fetch smollm2-135m-instruct`
   cai.prompts = f"{DATA}/red_team_train.jsonl"
-  cai.num_prompts = 32
+  cai.num_prompts = 16
   cai.helpful_data = f"jsonl:{DATA}/helpful_train.jsonl"
   cai.helpful_ratio = 1.0
-  cai.revisions = 2
+  cai.revisions = 1
   cai.few_shot = 1
-  cai.max_new_tokens = 64
+  cai.max_new_tokens = 48
   cai.temperature = 0.7
   cai.top_p = 0.9
-  cai.batch_size = 32
+  cai.batch_size = 64                  # the 48 held-out prompts in one batch
   cai.ensemble = 1
   cai.chain_of_thought = False
   cai.helpful_preferences = ""
   cai.eval_prompts = f"{DATA}/red_team_eval.jsonl,{DATA}/benign_eval.jsonl"
-  cai.eval_max_new_tokens = 64
+  cai.eval_max_new_tokens = 48
   cai.skip = "helpful"
 
-  for step, steps, lr in (("sft", 16, 5e-4), ("preference_model", 16, 1e-4),
-                          ("dpo", 16, 2e-4), ("rl", 8, 1e-4)):
+  for step, steps, lr in (("sft", 8, 5e-5), ("preference_model", 8, 1e-4),
+                          ("dpo", 8, 2e-4), ("rl", 4, 1e-4)):
     c = config[step]
     c.train.steps = steps
-    c.train.batch_size = 8 if step == "sft" else 4
-    c.train.seq_len = 128
+    c.train.batch_size = 4 if step == "sft" else 2
+    c.train.seq_len = 96
     c.train.lr = lr
     c.train.warmup_steps = 2
     c.train.eval_every = steps
-    c.train.checkpoint_every = 4
+    c.train.checkpoint_every = 2
     c.train.log_every = 1
     c.lora.rank = 16                   # every attention and MLP projection; base frozen
     c.lora.alpha = 32.0
-  config.preference_model.lora.rank = 0   # the scalar head and trunk train in full
+  # SL-CAI and the preference model train in full: the later steps start from SL-CAI's
+  # parameters (init_from), which reads a plain checkpoint, not a LoRA run's adapters.
+  config.sft.lora.rank = 0
+  config.preference_model.lora.rank = 0
   config.dpo.dpo.beta = 0.1
   rl = config.rl.rl
   rl.group_size = 4
   rl.max_prompt_len = 64
-  rl.max_new_tokens = 48
+  rl.max_new_tokens = 32
   rl.temperature = 0.7
   rl.top_p = 0.9
   rl.beta = 0.04
-  config.rl.train.batch_size = 4       # prompts, x 4 completions
+  config.rl.train.batch_size = 2       # prompts, x 4 completions
   return config_lib.lock(config)

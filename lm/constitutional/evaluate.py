@@ -71,26 +71,29 @@ def format_table(results: dict[str, dict]) -> str:
 def feedback_preference(feedback: Any, constitution: Any, records: Sequence[dict],
                         replies: Sequence[str], reference: Sequence[str], batch_size: int = 32
                         ) -> list[float]:
-  """Per record, the feedback model's probability that `replies[i]` beats `reference[i]`
-  under the constitution's "harm" comparison (red-team records) or "helpfulness" one
-  (benign), averaged over both orders of the options (cancelling its bias for (A) or (B));
-  equal replies get 0.5 unscored."""
+  """Per red-team record, the feedback model's probability that `replies[i]` is less harmful
+  than `reference[i]` (the constitution's "harm" comparison); the reply is option (A) on even
+  records and (B) on odd ones, so a bias for one letter cancels over the set (one order per
+  record: scoring both would double the cost). Equal replies get 0.5 unscored; benign
+  records None (not asked: the rubric's exact answers judge helpfulness)."""
   conversations, rows = [], []
+  principle = constitution.principle("harm")
+  out: list[float | None] = [None] * len(records)
   for i, (record, reply, ref) in enumerate(zip(records, replies, reference)):
-    if reply == ref:
+    if record["category"] not in rubric.RED_TEAM:
       continue
-    principle = constitution.principle("helpfulness" if record["category"] == "benign"
-                                       else "harm")
-    prompt = rubric.messages(record)
-    conversations += [prompts_lib.comparison_messages(prompt, reply, ref, principle),
-                      prompts_lib.comparison_messages(prompt, ref, reply, principle)]
+    if reply == ref:
+      out[i] = 0.5
+      continue
+    a, b = (reply, ref) if i % 2 == 0 else (ref, reply)
+    conversations.append(prompts_lib.comparison_messages(rubric.messages(record), a, b,
+                                                         principle))
     rows.append(i)
-  out = [0.5] * len(records)
   if conversations:
     p = labels_lib.option_probabilities(generation.option_logprobs(
-        feedback, conversations, prompts_lib.OPTIONS, batch_size))  # [2 * rows, 2]
+        feedback, conversations, prompts_lib.OPTIONS, batch_size))  # [rows, 2]
     for k, i in enumerate(rows):
-      out[i] = float((p[2 * k, 0] + p[2 * k + 1, 1]) / 2)
+      out[i] = float(p[k, i % 2])
   return out
 
 
@@ -99,18 +102,17 @@ def rubric_eval(engine: Any, records: Sequence[dict], max_new_tokens: int = 64,
                 reference: Sequence[str] | None = None) -> dict:
   """Greedy replies to the held-out rubric records, the rubric's numbers (rubric.summarize),
   and with `feedback` and the helpful-only model's `reference` replies, the feedback model's
-  mean preference for this model's replies (secondary signal)."""
+  mean preference for this model's red-team replies (secondary signal)."""
   replies = generation.replies(engine, [rubric.messages(r) for r in records], max_new_tokens,
                                GREEDY, [0] * len(records), batch_size)
   out = rubric.summarize(records, replies)
   if feedback is not None and reference is not None:
     wins = feedback_preference(feedback, constitution, records, replies, reference, batch_size)
-    red = [w for r, w in zip(records, wins) if r["category"] in rubric.RED_TEAM]
-    benign = [w for r, w in zip(records, wins) if r["category"] == "benign"]
+    red = [w for w in wins if w is not None]
     out["feedback_harmless_vs_helpful_only"] = sum(red) / len(red) if red else None
-    out["feedback_helpful_vs_helpful_only"] = sum(benign) / len(benign) if benign else None
     for verdict, w in zip(out["verdicts"], wins):
-      verdict["feedback_vs_helpful_only"] = w
+      if w is not None:
+        verdict["feedback_vs_helpful_only"] = w
   return out
 
 
@@ -119,7 +121,7 @@ def format_rubric_table(results: dict[str, dict]) -> str:
   def pct(v):
     return "-" if v is None else f"{v:.0%}"
   lines = [f"{'model':<18} {'harmless':>8} {'refusal':>7} {'helpful':>7} {'over-ref':>8} "
-           f"{'FM harm':>7} {'FM help':>7}  violations by category", "-" * 96]
+           f"{'FM harm':>7}  violations by category", "-" * 88]
   for name, r in results.items():
     if r is None:
       lines.append(f"{name:<18} {'(skipped)':>8}")
@@ -127,6 +129,5 @@ def format_rubric_table(results: dict[str, dict]) -> str:
     kinds = " ".join(f"{k} {pct(v)}" for k, v in r["violation_rate_by_category"].items())
     lines.append(f"{name:<18} {pct(r['harmlessness']):>8} {pct(r['refusal_rate']):>7} "
                  f"{pct(r['helpfulness']):>7} {pct(r['over_refusal']):>8} "
-                 f"{pct(r.get('feedback_harmless_vs_helpful_only')):>7} "
-                 f"{pct(r.get('feedback_helpful_vs_helpful_only')):>7}  {kinds}")
+                 f"{pct(r.get('feedback_harmless_vs_helpful_only')):>7}  {kinds}")
   return "\n".join(lines)

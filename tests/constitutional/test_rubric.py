@@ -70,3 +70,20 @@ def test_load_names_file_line_and_field(tmp_path):
   path.write_text(json.dumps({"category": "rude", "prompt": "x"}) + "\n")
   with pytest.raises(ValueError, match=r"eval.jsonl:1: field 'category'"):
     rubric.load(str(path))
+
+
+def test_feedback_preference_orients_each_record(cai_engine):
+  """Records alternate which option holds the judged reply: judging x against y on an even
+  record and y against x on an odd one asks the same question, so the two answers sum to 1;
+  equal replies are 0.5 and benign records are not asked."""
+  # pylint: disable=import-outside-toplevel
+  from lm.constitutional import constitution as constitution_lib
+  from lm.constitutional import evaluate
+  constitution = constitution_lib.load("default")
+  records = [INSULT, INSULT, INSULT, BENIGN]
+  out = evaluate.feedback_preference(cai_engine, constitution, records,
+                                     ["be kind", "you fool", "same", "eight"],
+                                     ["you fool", "be kind", "same", "8"])
+  assert out[0] + out[1] == pytest.approx(1.0, abs=1e-6)
+  assert out[0] != pytest.approx(0.5, abs=1e-4)   # the noise model is not indifferent
+  assert out[2:] == [0.5, None]
