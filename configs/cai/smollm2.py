@@ -55,7 +55,7 @@ def get_config(arg: str | None = None):
   cai.eval_max_new_tokens = 48
   cai.skip = "helpful"
 
-  for step, steps, lr in (("sft", 8, 5e-5), ("preference_model", 8, 1e-4),
+  for step, steps, lr in (("sft", 24, 1e-4), ("preference_model", 8, 1e-4),
                           ("dpo", 8, 2e-4), ("rl", 4, 1e-4)):
     c = config[step]
     c.train.steps = steps

@@ -116,6 +116,18 @@ def rubric_eval(engine: Any, records: Sequence[dict], max_new_tokens: int = 64,
   return out
 
 
+def rejudge(records: Sequence[dict], result: dict) -> dict:
+  """A stored rubric_eval result judged again by the rubric as it is now (the replies are
+  the costly part; judging them is cheap), keeping the feedback model's numbers."""
+  out = rubric.summarize(records, [v["reply"] for v in result["verdicts"]])
+  for verdict, old in zip(out["verdicts"], result["verdicts"]):
+    if "feedback_vs_helpful_only" in old:
+      verdict["feedback_vs_helpful_only"] = old["feedback_vs_helpful_only"]
+  if "feedback_harmless_vs_helpful_only" in result:
+    out["feedback_harmless_vs_helpful_only"] = result["feedback_harmless_vs_helpful_only"]
+  return out
+
+
 def format_rubric_table(results: dict[str, dict]) -> str:
   """A text table of rubric_eval results: one row per model."""
   def pct(v):

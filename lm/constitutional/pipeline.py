@@ -293,7 +293,7 @@ class Pipeline:
         with open(path, "w", encoding="utf-8") as f:
           json.dump(result, f, indent=1)
       with open(path, encoding="utf-8") as f:
-        results[name] = json.load(f)
+        results[name] = evaluate_lib.rejudge(records, json.load(f))
       if reference is None:  # the first model, helpful-only: the others are compared to it
         reference = [v["reply"] for v in results[name]["verdicts"]]
     return {"results": results, "table": evaluate_lib.format_rubric_table(results)}
