@@ -68,6 +68,10 @@ def get_config(arg: str | None = None):
   config.rl.train.lr = 1e-6
   config.rl.train.batch_size = 32          # prompts; x rl.group_size completions
   config.rl.train.grad_accum = 16 if small else 2
+  rl = config.rl.rl                        # rollouts as long as the SFT conversations
+  rl.group_size = 8
+  rl.max_prompt_len = 768
+  rl.max_new_tokens = 256                  # = cai.max_new_tokens
   config.cai.skip = "helpful"
   if step:
     if step not in cai_config.TRAIN_STEPS or step == "helpful":

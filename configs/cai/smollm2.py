@@ -2,7 +2,7 @@
 helpful-only model) critiques and revises its own replies to 16 red-team prompts under the
 default constitution (16 principles), is fine-tuned on its revisions (SL-CAI), labels
 pairs of its own samples (AI feedback), and is trained on those labels by a preference model
-+ GRPO and by DPO (LoRA adapters on SL-CAI); held-out prompts are judged by a written
++ GRPO and by DPO (LoRA adapters on SL-CAI for DPO); held-out prompts are judged by a written
 rubric (lm/constitutional/rubric.py), the feedback model's comparisons a secondary signal.
 
 Command:  python -m lm fetch smollm2-135m-instruct      # prints the workdir used below
@@ -72,6 +72,9 @@ def get_config(arg: str | None = None):
   # parameters (init_from), which reads a plain checkpoint, not a LoRA run's adapters.
   config.sft.lora.rank = 0
   config.preference_model.lora.rank = 0
+  # GRPO in full too: a GRPO run with LoRA adapters trains, but its workdir does not load for
+  # inference (load_for_inference: Orbax tree mismatch under "stage"), so it cannot be evaluated.
+  config.rl.lora.rank = 0
   config.dpo.dpo.beta = 0.1
   rl = config.rl.rl
   rl.group_size = 4
