@@ -9,8 +9,13 @@ Command:  python -m lm fetch smollm2-135m-instruct      # prints the workdir use
           nice -n 5 python -m lm constitutional --config=configs/cai/smollm2.py \
               --workdir=runs/cai_smollm2                # or one step: ... constitutional sft
 Hardware: 2 CPU cores (shared with other jobs), no accelerator, no network.
-Runtime:  see experiments/constitutional/README.md, "Real model" (tens of minutes, noisy).
-Result:   experiments/constitutional/README.md, "Real model (SmolLM2-135M-Instruct)".
+Runtime:  ~38 min wall for all steps (critique 6.6, SFT 7.6, label 3.7, DPO 2.3, preference
+          model 2.9, GRPO 4.7, evaluation ~11 min), noisy: other jobs held the cores.
+Result:   held-out rubric harmlessness / helpfulness (24 + 24 prompts): helpful-only 54% /
+          54%, SL-CAI 83% / 75%, RL-CAI via PM + GRPO 83% / 71%, via DPO 88% / 71%; the
+          feedback model's preference over helpful-only 47-49% (no preference). The rise is
+          the replies turning into critique-like commentary, not refusals; the AI labels
+          were all (A): experiments/constitutional/README.md, "Real model".
 Data:     experiments/constitutional/smollm2/: red_team_train.jsonl (32 prompts, 4 with a
           secret in the system prompt; the first 16 used), helpful_train.jsonl (20
           hand-written helpful conversations mixed into SL-CAI's SFT), red_team_eval.jsonl and benign_eval.jsonl
