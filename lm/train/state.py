@@ -147,10 +147,16 @@ def count_bytes(tree: Any) -> int:
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: 6 per matmul weight, plus attention scores (PaLM, App. B)."""
+  """Training FLOPs per token by MaxText's convention, the one MFU is read by everywhere in
+  lm (the loop's progress line, `lm plan`, benchmarks/): 6 per matmul weight (forward 2,
+  backward 4; the output projection included, the input embedding, a gather, not), plus the
+  attention scores and their weighted sum, 12 L N H T, halved because a causal mask leaves
+  half of the [T, T] scores unneeded. Recomputation under remat is not counted (work the
+  model did not need), nor the masked half XLA's attention computes anyway (README.md,
+  "Measuring MFU")."""
   d, v, h = config.d_model, config.vocab_size, config.resolved_head_dim
   per_layer = (d * h * (2 * config.num_heads + 2 * config.num_kv_heads)
                + (2 if config.mlp == "gelu" else 3) * d * config.d_ff)
   matmul_weights = config.num_layers * per_layer + d * v  # the output projection
-  attention = 12 * config.num_layers * config.num_heads * h * seq_len
+  attention = 12 * config.num_layers * config.num_heads * h * seq_len / 2  # causal: half
   return 6.0 * matmul_weights + attention
