@@ -294,7 +294,9 @@ def evaluate(argv) -> None:
   except ValueError as e:
     raise ValueError(f"--tasks: {e}") from e
   data = eval_lib.workdir_data_config(FLAGS.workdir)
-  source = data.source if FLAGS.source is None else FLAGS.source
+  source, note = eval_lib.perplexity_source(FLAGS.workdir, FLAGS.source)
+  if note:
+    print(note)
   try:
     documents = eval_lib.held_out_documents(data, source) if source else None
   except ValueError as e:  # the message names the source
