@@ -16,9 +16,9 @@ chunked loss. MFU follows MaxText's convention (README.md, "Measuring MFU"), cou
     MFU = FLOPs per token * tokens per second / peak dense bf16 FLOP/s of the chip
 
 Recomputation under remat is not counted (it is work the model did not need). Decode:
-`Engine.generate` at batch 1, with the parameters stored in bfloat16, as a fraction of the
-HBM roofline: every step must read the weights (embedding rows gathered, not the table,
-unless tied) and the keys and values of the context once, so
+`Engine.generate` at batch 1, with the parameters stored in bfloat16 (`model.frozen_dtype`),
+as a fraction of the HBM roofline: every step must read the weights (embedding rows
+gathered, not the table, unless tied) and the keys and values of the context once, so
     roofline fraction = bytes per step * steps per second / HBM bandwidth.
 
 Not run in this repository's CI: it needs an accelerator (benchmarks/README.md says when and
@@ -107,8 +107,8 @@ def train_row(seq_len: int, acc: accelerators.Accelerator) -> dict:
 def decode_row(acc: accelerators.Accelerator) -> dict:
   m = ModelConfig(**model_fields())
   params = jax.jit(Decoder(m).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), nn.unbox(params))  # stored in bf16
-  engine = Engine(m, params, ByteTokenizer())
+  engine = Engine(m.replace(frozen_dtype="bfloat16"), nn.unbox(params), ByteTokenizer())
+  del params  # the engine keeps its own copy, stored in bfloat16
   prompt = np.random.default_rng(0).integers(0, 256, (1, FLAGS.prompt_len))
   n = FLAGS.new_tokens
 
@@ -123,7 +123,7 @@ def decode_row(acc: accelerators.Accelerator) -> dict:
   long = statistics.median(run(n) for _ in range(FLAGS.rounds))
   short = statistics.median(run(n // 2) for _ in range(FLAGS.rounds))
   step_seconds = (long - short) / (n - n // 2)
-  weights = sum(x.nbytes for x in jax.tree.leaves(params))
+  weights = sum(x.nbytes for x in jax.tree.leaves(engine.params))
   if not m.tie_embeddings:
     weights -= m.vocab_size * m.d_model * 2  # embedding rows gathered, not the table
   context = FLAGS.prompt_len + 0.75 * n   # mean context over the timed second half
