@@ -49,3 +49,30 @@ def test_tables_show_every_length_and_set():
   table = limits.format_tables(results)
   assert "| 10 | 200 | 0:100% 9:50% |" in table
   assert "| nowhere | with | 25% | 25% | 75% |" in table
+
+
+def test_kv_conversation_answers_each_question_with_its_keys_value():
+  record = limits.kv_conversation(9, 4, np.random.default_rng(0))
+  turns = record["messages"]
+  assert [m["role"] for m in turns] == ["user", "assistant"] * 4
+  pairs = dict(re.findall(r"^([0-9a-f]{6}): ([0-9a-f]{6})$", turns[0]["content"], re.M))
+  assert len(pairs) == 9
+  asked = [re.fullmatch(r"What is the value of key ([0-9a-f]{6})\? Reply with the value only.",
+                        m["content"].split("\n")[-1]).group(1) for m in turns[::2]]
+  assert len(set(asked)) == 4
+  assert [m["content"] for m in turns[1::2]] == [pairs[k] for k in asked]
+  # The first turn is an eval question: the same text kv_items writes.
+  assert turns[0]["content"].startswith("Here are key: value pairs.\n")
+
+
+def test_task_options_parse_and_bad_ones_name_the_option():
+  assert limits.parse_task("lost_in_the_middle:pairs=4+8:items=40") == (
+      "lost_in_the_middle", {"lengths": [4, 8], "items": 40})
+  assert limits.parse_task("knowledge") == ("knowledge", {})
+  for spec, message in [("lost_in_the_middle:pairs=4+x", "pairs='4\\+x'"),
+                        ("lost_in_the_middle:items=0", "items='0'"),
+                        ("lost_in_the_middle:positions=2+3", "positions"),
+                        ("lost_in_the_middle:depth=3", "not 'depth'"),
+                        ("knowledge:items=3", "no options"), ("middle", "unknown")]:
+    with pytest.raises(ValueError, match=message):
+      limits.parse_task(spec)
