@@ -1,8 +1,8 @@
-"""Lost in the middle, trained here: SFT of the quickstart model at a 544-token context on
+"""Lost in the middle, trained here: SFT of the quickstart model at a 576-token context on
 key-value retrieval in the format of `lm eval --limits=lost_in_the_middle` (the answer at a
 uniformly random line of 2-16 lines), then that eval, by answer position and context length.
 
-Command:  python experiments/limits/kv_data.py runs/litm/kv.jsonl --max_pairs=16  # 40k records
+Command:  python experiments/limits/kv_data.py runs/litm/kv.jsonl --max_pairs=16 --restate
           lm train --config=configs/litm.py --workdir=runs/litm/model
           lm eval --workdir=runs/litm/model --output=runs/litm/litm.json \
               --limits=lost_in_the_middle:pairs=4+8+16+24:positions=5:items=40
@@ -11,8 +11,9 @@ Command:  python experiments/limits/kv_data.py runs/litm/kv.jsonl --max_pairs=16
 Hardware: 2 CPU cores, no accelerator, no network.
 Runtime:  see experiments/limits/README.md (measured wall times, on a shared machine).
 Result:   see experiments/limits/README.md (the accuracy-by-position table and plot).
-Each record is one context and 4 questions (4 user/assistant turns); the loss covers the
-answers only. The quickstart preset's RoPE allows 1024 positions; it was pre-trained at 128.
+Each record is one context and 4 questions (4 user/assistant turns), each answered with the
+key's line ("key: value"); the loss covers the answers only. The quickstart preset's RoPE
+allows 1024 positions; it was pre-trained at 128.
 """
 
 from lm import config as config_lib
@@ -25,12 +26,12 @@ def get_config(arg: str | None = None):
   config.model.remat = "dots"
   config.data.source = "jsonl:runs/litm/kv.jsonl"
   config.data.eval_documents = 64
-  config.train.steps = 500
+  config.train.steps = 600
   config.train.batch_size = 4
-  config.train.seq_len = 544
+  config.train.seq_len = 576
   config.train.lr = 3e-3
   config.train.warmup_steps = 30
   config.train.log_every = 10
-  config.train.eval_every = 50
+  config.train.eval_every = 100
   config.train.checkpoint_every = 50
   return config_lib.lock(config)

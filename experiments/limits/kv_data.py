@@ -3,7 +3,7 @@ context of key: value lines and questions about keys at random lines (lm/eval/li
 `kv_conversation`), for `configs/litm.py`.
 
     python experiments/limits/kv_data.py runs/litm/kv.jsonl --records=40000 \
-        --min_pairs=2 --max_pairs=16 --questions=4 --seed=1
+        --min_pairs=2 --max_pairs=16 --questions=4 --seed=1 --restate
 
 The eval draws its items from its own generator (seed 0 by default); with 16^6 keys a
 training context repeating an eval context is practically impossible.
@@ -28,6 +28,8 @@ def main() -> None:
   parser.add_argument("--max_pairs", type=int, default=32)
   parser.add_argument("--questions", type=int, default=4)
   parser.add_argument("--seed", type=int, default=1)
+  parser.add_argument("--restate", action="store_true",
+                      help='answer "key: value" (the whole line), not the value alone')
   args = parser.parse_args()
   if not 1 <= args.min_pairs <= args.max_pairs:
     parser.error(f"--min_pairs={args.min_pairs} --max_pairs={args.max_pairs}: need "
@@ -37,7 +39,7 @@ def main() -> None:
   with open(args.output, "w", encoding="utf-8") as f:
     for _ in range(args.records):
       pairs = int(rng.integers(args.min_pairs, args.max_pairs + 1))
-      f.write(json.dumps(limits.kv_conversation(pairs, args.questions, rng)) + "\n")
+      f.write(json.dumps(limits.kv_conversation(pairs, args.questions, rng, args.restate)) + "\n")
   print(f"{args.records} records -> {args.output}")
 
 

@@ -74,18 +74,24 @@ def kv_items(pairs: int, position: int, items: int, rng: np.random.Generator
   return out
 
 
-def kv_conversation(pairs: int, questions: int, rng: np.random.Generator) -> dict:
+def kv_conversation(pairs: int, questions: int, rng: np.random.Generator,
+                    restate: bool = False) -> dict:
   """A training record for the lost-in-the-middle eval's format: the first user turn is an
   eval question (context + question), then `questions` - 1 more turns ask about other keys
-  of the same context, each answered with the value alone. Keys are asked at uniformly
-  random lines, so training favours no position; several questions per context give the
-  loss more answer tokens per (long) context."""
+  of the same context. Keys are asked at uniformly random lines, so training favours no
+  position; several questions per context give the loss more answer tokens per (long)
+  context. The answer is the value alone, or with `restate` the key's whole line ("key:
+  value", which the eval accepts: the reply contains the value), so that every answer
+  character is a copy of the context: writing the key first makes finding its value a
+  plain copy of what follows it."""
   keys, values, context = _kv_context(pairs, rng)
   asked = rng.choice(pairs, min(questions, pairs), replace=False)
   messages = []
   for i, line in enumerate(asked):
-    messages += [{"role": "user", "content": (context if i == 0 else "") + _kv_question(keys[line])},
-                 {"role": "assistant", "content": values[line]}]
+    answer = f"{keys[line]}: {values[line]}" if restate else values[line]
+    question = (context if i == 0 else "") + _kv_question(keys[line])
+    messages += [{"role": "user", "content": question},
+                 {"role": "assistant", "content": answer}]
   return {"messages": messages}
 
 

@@ -51,8 +51,9 @@ def test_tables_show_every_length_and_set():
   assert "| nowhere | with | 25% | 25% | 75% |" in table
 
 
-def test_kv_conversation_answers_each_question_with_its_keys_value():
-  record = limits.kv_conversation(9, 4, np.random.default_rng(0))
+@pytest.mark.parametrize("restate", [False, True])
+def test_kv_conversation_answers_each_question_with_its_keys_value(restate):
+  record = limits.kv_conversation(9, 4, np.random.default_rng(0), restate)
   turns = record["messages"]
   assert [m["role"] for m in turns] == ["user", "assistant"] * 4
   pairs = dict(re.findall(r"^([0-9a-f]{6}): ([0-9a-f]{6})$", turns[0]["content"], re.M))
@@ -60,7 +61,8 @@ def test_kv_conversation_answers_each_question_with_its_keys_value():
   asked = [re.fullmatch(r"What is the value of key ([0-9a-f]{6})\? Reply with the value only.",
                         m["content"].split("\n")[-1]).group(1) for m in turns[::2]]
   assert len(set(asked)) == 4
-  assert [m["content"] for m in turns[1::2]] == [pairs[k] for k in asked]
+  assert [m["content"] for m in turns[1::2]] == [f"{k}: {pairs[k]}" if restate else pairs[k]
+                                                 for k in asked]
   # The first turn is an eval question: the same text kv_items writes.
   assert turns[0]["content"].startswith("Here are key: value pairs.\n")
 
