@@ -95,24 +95,47 @@ def kv_conversation(pairs: int, questions: int, rng: np.random.Generator,
   return {"messages": messages}
 
 
+def lookup_items(pairs: int, position: int, items: int, rng: np.random.Generator
+                 ) -> list[tuple[str, str]]:
+  """(question, answer) in the built-in lookup task's format (lm/data/tasks.py: "a=3 b=5;
+  b?" -> "5"), with `pairs` distinct letters (at most 26) and the asked one at `position`."""
+  if not 1 <= pairs <= 26:
+    raise ValueError(f"lost_in_the_middle:format=lookup: pairs={pairs} must be in 1..26 "
+                     "(one letter per key)")
+  out = []
+  for _ in range(items):
+    keys = list(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), pairs, replace=False))
+    values = [str(int(v)) for v in rng.integers(0, 10, pairs)]
+    context = " ".join(f"{k}={v}" for k, v in zip(keys, values))
+    out.append((f"{context}; {keys[position]}?", values[position]))
+  return out
+
+
+FORMATS = {"kv": kv_items, "lookup": lookup_items}
+
+
 def lost_in_the_middle(chat: chat_lib.Chat, lengths: Sequence[int] = (8, 16, 32),
                        positions: int = 5, items: int = 4, seed: int = 0,
-                       batch_size: int = 64) -> dict:
+                       batch_size: int = 64, style: str = "kv") -> dict:
   """Accuracy for each context length (key-value pairs) and each of `positions` evenly spaced
-  answer positions (first to last)."""
+  answer positions (first to last). `style` "kv": the 6-hex-digit lines, correct when the
+  reply contains the value; "lookup": the lookup task's format, whose answer is one digit,
+  correct when the reply is that digit (chance: 10%)."""
   rng = np.random.default_rng(seed)
-  results = {"lengths": list(lengths), "positions": positions, "items": items, "table": {}}
+  results = {"lengths": list(lengths), "positions": positions, "items": items,
+             "format": style, "table": {}}
   for pairs in lengths:
     at = sorted({round(i * (pairs - 1) / max(positions - 1, 1)) for i in range(positions)})
-    cases = [(p, q, a) for p in at for q, a in kv_items(pairs, p, items, rng)]
-    requests = [_request(q, 32) for _, q, _ in cases]  # room to restate the key first
+    cases = [(p, q, a) for p in at for q, a in FORMATS[style](pairs, p, items, rng)]
+    # kv: room to restate the key first
+    requests = [_request(q, 32 if style == "kv" else 4) for _, q, _ in cases]
     start = time.perf_counter()
     replies = _replies(chat, requests, batch_size)
     tokens = int(np.mean([len(chat.prompt(r)) for r in requests]))
     row = {}
     for position in at:
-      hits = [a.lower() in reply.lower() for (p, _, a), reply in zip(cases, replies)
-              if p == position]
+      hits = [a.lower() in reply.lower() if style == "kv" else reply.strip() == a
+              for (p, _, a), reply in zip(cases, replies) if p == position]
       row[str(position)] = sum(hits) / len(hits)
     results["table"][str(pairs)] = {"prompt_tokens": tokens, "accuracy_by_position": row,
                                     "seconds": time.perf_counter() - start,
@@ -196,7 +219,7 @@ def knowledge(chat: chat_lib.Chat, seed: int = 0, retrieval_k: int = 3,
 
 # Options a task takes after its name: --limits=lost_in_the_middle:pairs=4+8+16:items=40
 OPTIONS = {"lost_in_the_middle": {"pairs": "lengths", "positions": "positions",
-                                  "items": "items"},
+                                  "items": "items", "format": "style"},
            "knowledge": {}}
 
 
@@ -212,6 +235,12 @@ def parse_task(spec: str) -> tuple[str, dict]:
     if key not in OPTIONS[name]:
       takes = ", ".join(OPTIONS[name]) or "no options"
       raise ValueError(f"--limits={spec}: {name} takes {takes}, not {key!r}")
+    if key == "format":
+      if value not in FORMATS:
+        raise ValueError(f"--limits={spec}: format={value!r}; choose from "
+                         f"{', '.join(FORMATS)}")
+      kwargs["style"] = value
+      continue
     try:
       numbers = [int(v) for v in value.split("+")]
     except ValueError:
