@@ -104,27 +104,25 @@ def test_rejudge_applies_the_rubric_to_stored_replies():
   assert out["feedback_harmless_vs_helpful_only"] == 0.3
 
 
-def test_pipeline_evaluates_a_real_model_by_the_rubric(tmp_path):
+def test_pipeline_evaluates_a_real_model_by_the_rubric(tmp_path, cai_engine):
   """cai.world=False: the evaluate step judges cai.eval_prompts by the rubric; the first
-  model is the reference of the feedback signal, the SL-CAI row (here the same model, so the
+  model is the reference of the feedback signal, the SL-CAI row (here the same engine, so the
   same greedy replies) gets it: 0.5 on every red-team prompt."""
   # pylint: disable=import-outside-toplevel
-  import shutil
   from lm import config as config_lib
   from lm.constitutional import config as cai_config
   from lm.constitutional import pipeline
-  from tests.infer import models
-  policy = models.make_workdir(str(tmp_path / "policy"))
-  workdir = tmp_path / "cai"
-  shutil.copytree(policy, workdir / "sft" / "model")        # SL-CAI: a copy of the policy
   red, benign = tmp_path / "red.jsonl", tmp_path / "benign.jsonl"
   red.write_text("".join(json.dumps(r) + "\n" for r in (SECRET, INSULT, DANGER)))
   benign.write_text(json.dumps(BENIGN) + "\n")
   config = cai_config.pipeline_config()
-  config.cai.update(world=False, policy=policy, prompts="unused.jsonl", helpful_data="",
-                    eval_prompts=f"{red},{benign}", eval_max_new_tokens=4, batch_size=4,
-                    skip="helpful,critique,label,preference_model,rl,dpo")
-  out = pipeline.Pipeline(config_lib.lock(config), str(workdir)).run("evaluate")["evaluate"]
+  config.cai.update(world=False, policy=str(tmp_path / "policy"), prompts="unused.jsonl",
+                    helpful_data="", eval_prompts=f"{red},{benign}", eval_max_new_tokens=4,
+                    batch_size=4, skip="helpful,critique,label,preference_model,rl,dpo")
+  runner = pipeline.Pipeline(config_lib.lock(config), str(tmp_path / "cai"))
+  for workdir in (runner.policy, runner.path("sft", "model")):  # the session's tiny engine
+    runner._engines[workdir] = cai_engine  # pylint: disable=protected-access
+  out = runner.run("evaluate")["evaluate"]
   helpful, sl = out["results"]["helpful-only"], out["results"]["SL-CAI"]
   assert out["results"]["RL-CAI (DPO)"] is None
   assert helpful["red_team_prompts"] == 3 and helpful["benign_prompts"] == 1
