@@ -21,7 +21,7 @@ Data:     experiments/constitutional/smollm2/: red_team_train.jsonl (32 prompts,
           hand-written helpful conversations mixed into SL-CAI's SFT), red_team_eval.jsonl and benign_eval.jsonl
           (24 + 24 held-out prompts with the rubric's categories and markers); all written
           for this project.
-Scale is the machine's (2 cores shared with six other jobs gave this run ~1/6 of one core):
+Scale is the machine's (2 cores shared with six other jobs gave this run at times 1/6 of a core):
 16 of the 32 training prompts, 1 demonstration (not 3) before 1 round (not 4), replies of
 at most 48 tokens, sampling at temperature 0.7 (at 1.0 the 135M model mostly writes
 nonsense), a few optimizer steps per training step.
