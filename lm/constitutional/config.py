@@ -47,6 +47,8 @@ def cai_section() -> ml_collections.ConfigDict:
   cai.seed = 0
   # label
   cai.ensemble = 1                   # principles per pair, their labels averaged
+  cai.both_orders = True             # each comparison shown as (a, b) and (b, a), averaged:
+                                     # a label free of the feedback model's position bias
   cai.chain_of_thought = False
   cai.clamp_low = 0.4                # chain-of-thought labels are clamped to this band
   cai.clamp_high = 0.6
