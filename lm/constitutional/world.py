@@ -295,7 +295,8 @@ def _principle_of(kind: str, constitution, taught: str, rng: np.random.Generator
   at random ("other")."""
   if taught == "same":
     return constitution.principle(kind)
-  from lm.constitutional import constitution as constitution_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from lm.constitutional import constitution as constitution_lib
   return constitution_lib.Principle(**_taught_red_team(kind, rng)[1])
 
 
