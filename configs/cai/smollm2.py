@@ -55,6 +55,10 @@ def get_config(arg: str | None = None):
   cai.batch_size = 64                  # the 48 held-out prompts in one batch
   cai.ensemble = 1
   cai.chain_of_thought = False
+  # One order per comparison, as the documented run (made before cai.both_orders existed):
+  # its labels were pure position bias, which both orders would cancel, leaving labels
+  # within 0.03 of 0.5 (experiments/constitutional/README.md, "Real model").
+  cai.both_orders = False
   cai.helpful_preferences = ""
   cai.eval_prompts = f"{DATA}/red_team_eval.jsonl,{DATA}/benign_eval.jsonl"
   cai.eval_max_new_tokens = 48
