@@ -92,7 +92,8 @@ flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece
                     "(default: --workdir); sweep --emit=tpu: the script to write.")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
 flags.DEFINE_list("limits", None, "eval: instead of the built-in tasks, the evals of known "
-                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py).")
+                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py); options "
+                  "after a colon: lost_in_the_middle:pairs=8+16+32:positions=5:items=4.")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
@@ -265,10 +266,8 @@ def _evaluate_limits(engine_class) -> None:
   """`lm eval --limits=...` (lm/eval/limits.py): writes limits_results.json, prints tables."""
   from lm.eval import limits  # pylint: disable=import-outside-toplevel
   from lm.eval import run as eval_lib  # pylint: disable=import-outside-toplevel
-  unknown = sorted(set(FLAGS.limits) - set(limits.TASKS))
-  if unknown:
-    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from "
-                     f"{', '.join(limits.TASKS)}")
+  for spec in FLAGS.limits:
+    limits.parse_task(spec)  # a bad entry fails before the model loads
   results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir), FLAGS.limits,
                             seed=FLAGS.seed)
   output = FLAGS.output or os.path.join(FLAGS.workdir, "limits_results.json")

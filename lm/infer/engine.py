@@ -47,6 +47,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.infer import constrain as constrain_lib
+from lm.infer import dense
 from lm.infer import sampling as sampling_lib
 from lm.infer import scoring
 from lm.infer.sampling import SamplingParams
@@ -479,6 +480,29 @@ class Engine:
                       prompt_tokens)
 
   # -- Scoring ------------------------------------------------------------------------------
+
+  def embed(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+    """Each row's final hidden states averaged over its tokens (token ids): [N, D] float32,
+    the vectors of dense retrieval (lm/infer/dense.py). Right-padded batches, bucketed."""
+    if not hasattr(self, "_embed"):
+      self._embed = jax.jit(functools.partial(dense.mean_hidden, self.model))
+    placement = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    out = [np.zeros((0, self.config.d_model), np.float32)]
+    for begin in range(0, len(rows), batch_size):
+      chunk = [list(r) for r in rows[begin:begin + batch_size]]
+      if max(len(r) for r in chunk) > self.config.max_seq_len:
+        raise ValueError(f"a row is longer than the model's context ({self.config.max_seq_len})")
+      batch = _bucket(len(chunk), self.batch_multiple)
+      batch += -batch % self.batch_multiple
+      tokens = np.zeros((batch, _bucket(max(len(r) for r in chunk), 8)), np.int32)  # [B, T]
+      lengths = np.zeros(batch, np.int32)  # [B]
+      for i, row in enumerate(chunk):
+        tokens[i, :len(row)], lengths[i] = row, len(row)
+      with self._context():
+        vectors = self._embed(self.params, jax.device_put(tokens, placement),
+                              jax.device_put(lengths, placement))
+      out.append(np.asarray(jax.device_get(vectors))[:len(chunk)])
+    return np.concatenate(out)
 
   def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
             batch_size: int = 64) -> list[np.ndarray]:
