@@ -26,7 +26,8 @@ Parameters and cache live on a mesh like training's (`lm/parallel`): the batch o
 and fsdp, heads and the cache's kv heads over tensor, so tensor-parallel decoding works.
 The engine keeps its own copy of the parameters with the layers unrolled (`set_params`
 takes scanned or unrolled ones, e.g. a policy after an RL update): under nn.scan every
-decoded token would copy each layer's weights out of the stack.
+decoded token would copy each layer's weights out of the stack. The copy is stored in
+`model.frozen_dtype` (bfloat16 halves the bytes a decoded token reads; float32 by default).
 
 A stop string is matched in the loop as the token sequence `tokenizer.encode` gives it;
 the decoded text is searched too, so another tokenization of it still ends the completion
@@ -226,25 +227,33 @@ class Engine:
 
   def set_params(self, params: Any) -> None:
     """Decodes with `params` from now on (e.g. a policy after an update): the parameters of
-    Decoder(model_config), scanned or not; they are copied into the engine's layout."""
+    Decoder(model_config), scanned or not; they are copied into the engine's layout, stored
+    in `model.frozen_dtype` (bfloat16: half the bytes each decoded token reads)."""
     params = nn.unbox(params)
+    dtype = self.config.frozen_dtype
     if "layers" in params:  # scanned: [L, ...] stacks -> layers_0, layers_1, ...
       def unstack(params):
+        params = state_lib.store_as(params, dtype)
         out = {k: v for k, v in params.items() if k != "layers"}
         for i in range(self.config.num_layers):
           out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
         return out
       self.params = jax.jit(unstack, out_shardings=self.param_shardings)(params)
     else:
-      self.params = jax.device_put(params, self.param_shardings)
+      self.params = jax.jit(lambda p: state_lib.store_as(p, dtype),
+                            out_shardings=self.param_shardings)(params)
 
   @classmethod
-  def from_workdir(cls, workdir: str, mesh: Mesh | None = None) -> "Engine":
-    """The newest checkpoint (or imported parameters) of `workdir`, with its tokenizer."""
+  def from_workdir(cls, workdir: str, mesh: Mesh | None = None,
+                   frozen_dtype: str | None = None) -> "Engine":
+    """The newest checkpoint (or imported parameters) of `workdir`, with its tokenizer;
+    the parameters stored in `frozen_dtype` (None: the workdir's model.frozen_dtype)."""
     # pylint: disable=import-outside-toplevel
     from lm.data import tokenizer as tokenizer_lib
     from lm.train.checkpoint import load_for_inference
     config, model_config, params = load_for_inference(workdir)
+    if frozen_dtype:
+      model_config = model_config.replace(frozen_dtype=frozen_dtype)
     engine = cls(model_config, params, tokenizer_lib.for_workdir(config.data.tokenizer, workdir),
                  mesh=mesh)
     engine.name = epath.Path(workdir).name or "lm"
