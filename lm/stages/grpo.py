@@ -114,6 +114,7 @@ class Stage:
                                                          rl.max_new_tokens)
     self.epsilon_high = rl.epsilon_high or rl.epsilon
     self.uses_reference = rl.beta > 0
+    self.frozen_is_start = self.uses_reference  # with LoRA: the base, adapters off
     self.reward = rewards_lib.from_config(rl)
     self.row = prompts_lib.PromptRow(tokenizer, tuple(self.fields), rl.max_prompt_len)
     self.settings = rollout_lib.Settings(

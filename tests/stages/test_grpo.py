@@ -146,6 +146,7 @@ def test_lora_rollouts_decode_the_adapted_policy(data_cache):
   adapted = stage.make_model(model_config)
   params = nn.unbox(adapted.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   adapters, frozen = stage.partition(params)
+  assert set(frozen) == {"base"}  # no copy of the start: the reference is the adapters off
   rng = np.random.default_rng(0)
   adapters = jax.tree.map(lambda x: x + 0.1 * rng.standard_normal(x.shape, np.float32),
                           adapters)  # B != 0: the adapters change the output
