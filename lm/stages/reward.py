@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lm.data import formats
 from lm.model import ModelConfig
 from lm.model.heads import RewardModel
 from lm.stages import pairs
@@ -49,7 +50,10 @@ class Stage(pairs.PairStage):
   pretrained_key = "decoder"   # init_from fills the decoder; the head starts fresh
 
   def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
-    super().__init__(config, tokenizer)
+    if config.reward.read_at not in formats.READ_AT:
+      raise ValueError(f"reward.read_at={config.reward.read_at!r} is not one of "
+                       f"{list(formats.READ_AT)}")
+    super().__init__(config, tokenizer, config.reward.read_at)
     if config.reward.center < 0:
       raise ValueError(f"reward.center={config.reward.center} must be >= 0")
     self.center = config.reward.center
