@@ -8,16 +8,17 @@ Training: the step `lm train` runs (benchmarks/lm_step.py: sharded state, donate
 step, pretrain loss) on a ~1.2B Llama (Llama 3.2 1B's shape: d 2048, 16 layers, 32 heads,
 8 kv heads, d_ff 8192, vocab 128,256, tied embeddings) in bfloat16 compute with float32
 parameters and AdamW state, `model.attention="auto"` (cuDNN on NVIDIA, splash on TPU) and the
-chunked loss. MFU follows MaxText's convention (README.md, "Measuring MFU"):
+chunked loss. MFU follows MaxText's convention (README.md, "Measuring MFU"), counted by
+`lm.train.state.flops_per_token` as the loop and `lm plan` count it:
 
     FLOPs per token = 6 * (matmul weights, output projection included, input embedding not)
                       + 6 * L * N * H * T      (attention: 12 L N H T, halved for causal)
     MFU = FLOPs per token * tokens per second / peak dense bf16 FLOP/s of the chip
 
 Recomputation under remat is not counted (it is work the model did not need). Decode:
-`Engine.generate` at batch 1, with the parameters stored in bfloat16, as a fraction of the
-HBM roofline: every step must read the weights (embedding rows gathered, not the table,
-unless tied) and the keys and values of the context once, so
+`Engine.generate` at batch 1, with the parameters stored in bfloat16 (`model.frozen_dtype`),
+as a fraction of the HBM roofline: every step must read the weights (embedding rows
+gathered, not the table, unless tied) and the keys and values of the context once, so
     roofline fraction = bytes per step * steps per second / HBM bandwidth.
 
 Not run in this repository's CI: it needs an accelerator (benchmarks/README.md says when and
@@ -41,6 +42,7 @@ from lm.infer.engine import Engine
 from lm.infer.sampling import GREEDY
 from lm.model import Decoder, ModelConfig
 from lm.parallel import accelerators
+from lm.train import state as state_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seq_lens", ["2048", "4096"], "Training sequence lengths.")
@@ -62,15 +64,6 @@ SMOKE = dict(MODEL, vocab_size=512, d_model=128, num_layers=4, num_heads=4, num_
 
 def model_fields() -> dict:
   return SMOKE if FLAGS.smoke else MODEL
-
-
-def maxtext_flops_per_token(m: ModelConfig, seq_len: int) -> float:
-  """MaxText's training FLOPs per token: 6 x matmul weights + causal-halved attention."""
-  d, h = m.d_model, m.resolved_head_dim
-  per_layer = d * h * (2 * m.num_heads + 2 * m.num_kv_heads) + 3 * d * m.d_ff
-  weights = m.num_layers * per_layer + d * m.vocab_size  # the output projection
-  attention = 12 * m.num_layers * m.num_heads * h * seq_len / 2
-  return 6.0 * weights + attention
 
 
 def train_config(seq_len: int):
@@ -106,7 +99,7 @@ def train_row(seq_len: int, acc: accelerators.Accelerator) -> dict:
   step_seconds = statistics.median(seconds)
   m = config_lib.model_config(config)
   tokens_per_sec = b * t / step_seconds
-  mfu = maxtext_flops_per_token(m, t) * tokens_per_sec / acc.peak_flops
+  mfu = state_lib.flops_per_token(m, t) * tokens_per_sec / acc.peak_flops
   return {"seq": t, "batch": b, "step_ms": 1e3 * step_seconds, "tokens_per_sec": tokens_per_sec,
           "mfu": mfu, "compile_s": compile_seconds, "loss": float(metrics["loss"])}
 
@@ -114,8 +107,8 @@ def train_row(seq_len: int, acc: accelerators.Accelerator) -> dict:
 def decode_row(acc: accelerators.Accelerator) -> dict:
   m = ModelConfig(**model_fields())
   params = jax.jit(Decoder(m).init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), nn.unbox(params))  # stored in bf16
-  engine = Engine(m, params, ByteTokenizer())
+  engine = Engine(m.replace(frozen_dtype="bfloat16"), nn.unbox(params), ByteTokenizer())
+  del params  # the engine keeps its own copy, stored in bfloat16
   prompt = np.random.default_rng(0).integers(0, 256, (1, FLAGS.prompt_len))
   n = FLAGS.new_tokens
 
@@ -130,7 +123,7 @@ def decode_row(acc: accelerators.Accelerator) -> dict:
   long = statistics.median(run(n) for _ in range(FLAGS.rounds))
   short = statistics.median(run(n // 2) for _ in range(FLAGS.rounds))
   step_seconds = (long - short) / (n - n // 2)
-  weights = sum(x.nbytes for x in jax.tree.leaves(params))
+  weights = sum(x.nbytes for x in jax.tree.leaves(engine.params))
   if not m.tie_embeddings:
     weights -= m.vocab_size * m.d_model * 2  # embedding rows gathered, not the table
   context = FLAGS.prompt_len + 0.75 * n   # mean context over the timed second half

@@ -78,6 +78,9 @@ flags.DEFINE_bool("adapter_only", False, "convert --to_hf: write a LoRA run's ad
                   "into the base).")
 flags.DEFINE_enum("hf_dtype", "float32", ["float32", "bfloat16", "float16"],
                   "convert --to_hf: dtype of the written tensors.")
+flags.DEFINE_enum("frozen_dtype", None, ["float32", "bfloat16", "float16"],
+                  "sample, chat, serve, eval: store the engine's parameters in this dtype "
+                  "(bfloat16: half the memory; default: the workdir's model.frozen_dtype).")
 flags.DEFINE_string("accelerator", None, "plan: v4, v5e, v5p, v6e, h100 or h200, or a slice "
                     "such as v5p-64 (TensorCores on v4/v5p: 32 chips); default: the local devices.")
 flags.DEFINE_integer("num_devices", None, "plan: chips in the target; default: the slice size "
@@ -92,7 +95,8 @@ flags.DEFINE_string("output", None, "tokenizer: where to write the SentencePiece
                     "(default: --workdir); sweep --emit=tpu: the script to write.")
 flags.DEFINE_list("tasks", None, "eval: built-in tasks to score (default: all).")
 flags.DEFINE_list("limits", None, "eval: instead of the built-in tasks, the evals of known "
-                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py).")
+                  "limits: lost_in_the_middle, knowledge (lm/eval/limits.py); options "
+                  "after a colon: lost_in_the_middle:pairs=8+16+32:positions=5:items=4.")
 flags.DEFINE_string("source", None, "eval: text source (a data.source) for perplexity on its "
                     "held-out documents (default: the workdir's data.source; '': none).")
 flags.DEFINE_integer("vocab_size", None, "tokenizer: pieces in the vocabulary, special and "
@@ -141,7 +145,7 @@ def sample(argv) -> None:
   # pylint: disable=import-outside-toplevel
   from lm.infer.engine import Engine, document_prompt
   from lm.infer.sampling import SamplingParams
-  engine = Engine.from_workdir(FLAGS.workdir)
+  engine = Engine.from_workdir(FLAGS.workdir, frozen_dtype=FLAGS.frozen_dtype)
   prompt = document_prompt(engine.tokenizer, FLAGS.prompt)
   max_len = engine.config.max_seq_len
   max_new = min(FLAGS.max_new_tokens, max_len - 1)
@@ -157,8 +161,11 @@ def chat(argv) -> None:
   del argv
   _require("workdir")
   from lm.infer import chat as chat_lib  # pylint: disable=import-outside-toplevel
+  from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   index = _docs_index()
-  client = chat_lib.Client(FLAGS.workdir, index=index)
+  client = chat_lib.Client(engine=Engine.from_workdir(FLAGS.workdir,
+                                                      frozen_dtype=FLAGS.frozen_dtype),
+                           index=index)
   chat_lib.interactive(client, system=FLAGS.system, max_tokens=FLAGS.max_new_tokens,
                        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
                        seed=FLAGS.seed, retrieval_k=FLAGS.retrieval_k)
@@ -183,7 +190,8 @@ def serve(argv) -> None:
   from lm.infer.engine import Engine  # pylint: disable=import-outside-toplevel
   limits = server_lib.Limits(max_batch=FLAGS.max_batch, max_tokens=FLAGS.max_tokens_limit)
   index = _docs_index()
-  server_lib.serve(Engine.from_workdir(FLAGS.workdir), FLAGS.host, FLAGS.port,
+  engine = Engine.from_workdir(FLAGS.workdir, frozen_dtype=FLAGS.frozen_dtype)
+  server_lib.serve(engine, FLAGS.host, FLAGS.port,
                    FLAGS.api_key or os.environ.get("LM_API_KEY"), limits, index=index)
 
 
@@ -265,11 +273,11 @@ def _evaluate_limits(engine_class) -> None:
   """`lm eval --limits=...` (lm/eval/limits.py): writes limits_results.json, prints tables."""
   from lm.eval import limits  # pylint: disable=import-outside-toplevel
   from lm.eval import run as eval_lib  # pylint: disable=import-outside-toplevel
-  unknown = sorted(set(FLAGS.limits) - set(limits.TASKS))
-  if unknown:
-    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from "
-                     f"{', '.join(limits.TASKS)}")
-  results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir), FLAGS.limits,
+  for spec in FLAGS.limits:
+    limits.parse_task(spec)  # a bad entry fails before the model loads
+  results = limits.evaluate(engine_class.from_workdir(FLAGS.workdir,
+                                                      frozen_dtype=FLAGS.frozen_dtype),
+                            FLAGS.limits,
                             seed=FLAGS.seed)
   output = FLAGS.output or os.path.join(FLAGS.workdir, "limits_results.json")
   eval_lib.write_results(results, output)
@@ -294,7 +302,9 @@ def evaluate(argv) -> None:
   except ValueError as e:
     raise ValueError(f"--tasks: {e}") from e
   data = eval_lib.workdir_data_config(FLAGS.workdir)
-  source = data.source if FLAGS.source is None else FLAGS.source
+  source, note = eval_lib.perplexity_source(FLAGS.workdir, FLAGS.source)
+  if note:
+    print(note)
   try:
     documents = eval_lib.held_out_documents(data, source) if source else None
   except ValueError as e:  # the message names the source
@@ -302,7 +312,8 @@ def evaluate(argv) -> None:
       raise
     print(f"No perplexity on the workdir's data.source: {e}")
     documents = None
-  results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir), tasks, documents, source,
+  results = eval_lib.evaluate(Engine.from_workdir(FLAGS.workdir, frozen_dtype=FLAGS.frozen_dtype),
+                              tasks, documents, source,
                               seed=FLAGS.seed)
   output = FLAGS.output or os.path.join(FLAGS.workdir, "eval_results.json")
   eval_lib.write_results(results, output)

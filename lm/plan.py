@@ -389,7 +389,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
     notes.append(f"training would refuse this layout ({e}); sizes here round up")
 
   mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * 3)
-  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition,
+                                                  model_config.frozen_dtype)
   params = _per_device_bytes(abstract.params, shardings.params, sizes)
   frozen = _per_device_bytes(abstract.frozen, shardings.frozen, sizes)  # codes where quantized
   lora = getattr(stage, "lora", None)
@@ -461,7 +462,7 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
               num_slices=num_slices, hosts_per_slice=hosts_per_slice, dcn_traffic=dcn_traffic,
               attention=kernel, rollout=rollout, lora=f"LoRA r={lora.rank}" if lora else "",
               frozen_storage=quant.describe(quantize, stage.double_quant) if quantize
-              else "float32")
+              else model_config.frozen_dtype)
 
 
 def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Module,
@@ -473,7 +474,8 @@ def compile_memory(config: ml_collections.ConfigDict, stage: Stage, model: nn.Mo
   """
   t = config.train
   mesh = mesh_lib.make_mesh(config.mesh)
-  abstract, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
+  abstract, shardings = state_lib.state_shardings(
+      model, tx, mesh, rules, stage.partition, config_lib.model_config(config).frozen_dtype)
   data_sharding = rules_lib.batch_sharding(mesh)
   example = stage.example_batch(t.batch_size, t.seq_len)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=data_sharding)

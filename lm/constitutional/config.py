@@ -34,6 +34,11 @@ def cai_section() -> ml_collections.ConfigDict:
   cai.helpful_ratio = 1.0            # helpfulness records per revision record
   cai.world = True                   # the synthetic world (rule judge); False: a real model
   cai.world_records = 24000          # the helpful-only model's training records
+  # The rules its critique -> revision and comparison records are taught on: "same" (the
+  # evaluated rules, on training prompts), or "other" (rules of the evaluated ones' shapes,
+  # other instances: world.TAUGHT_*; at 0.14M parameters the skill did not carry over
+  # cleanly: experiments/constitutional/README.md)
+  cai.world_taught = "same"
   cai.eval_red_team = 300            # held-out prompts scored at the end
   cai.eval_benign = 200
   cai.eval_max_new_tokens = 32
@@ -47,6 +52,8 @@ def cai_section() -> ml_collections.ConfigDict:
   cai.seed = 0
   # label
   cai.ensemble = 1                   # principles per pair, their labels averaged
+  cai.both_orders = True             # each comparison shown as (a, b) and (b, a), averaged:
+                                     # a label free of the feedback model's position bias
   cai.chain_of_thought = False
   cai.clamp_low = 0.4                # chain-of-thought labels are clamped to this band
   cai.clamp_high = 0.6

@@ -6,12 +6,17 @@ The arithmetic (pure functions, tested against hand numbers):
   p(A) = exp(l_A) / (exp(l_A) + exp(l_B))   l_k: log p(option k's tokens | comparison prompt)
   clamped to [lo, hi] after a chain of thought (the paper: 40-60%; a CoT answer is otherwise
   nearly certain, and over-confident labels hurt the preference model)
-  p_chosen = the mean of p(A) over the `cai.ensemble` principles drawn for the pair
+  both orders (`cai.both_orders`, on by default): the pair is also shown swapped, reply b as
+  (A), and p(a better) = (p(A | a, b) + p(B | b, a)) / 2, so a feedback model that favours
+  a position favours neither reply (the usual cure for LLM judges' position bias)
+  p_chosen = the mean of p(a better) over the `cai.ensemble` principles drawn for the pair
 
 A record per prompt (resumable like the critiques):
 
-  {"id": 3, "prompt": [...], "chosen": reply A, "rejected": reply B, "p_chosen": 0.73,
-   "principles": ["harm", "honesty"], "p_each": [0.81, 0.65]}
+  {"id": 3, "prompt": [...], "chosen": reply a, "rejected": reply b, "p_chosen": 0.73,
+   "principles": ["harm", "honesty"], "p_each": [0.81, 0.65],
+   "p_orders": [[0.9, 0.72], [0.7, 0.6]]}   # with both orders: p(a better) shown as (a, b)
+                                            # and as (b, a), per principle; p_each their mean
 
 "chosen" is simply the first sample and p_chosen the probability that it is preferred: the
 reward stage reads the soft label as is (lm/data/formats.py); `dpo_records` orients the
@@ -51,6 +56,12 @@ def soft_label(logprob_a: float, logprob_b: float, clamp: tuple[float, float] | 
   return p
 
 
+def both_orders(p_a_first: float, p_a_second: float) -> float:
+  """p(a better) from the comparison shown both ways: `p_a_first` = p(A) with a as (A),
+  `p_a_second` = p(A) with b as (A), i.e. 1 - p(a better) in that order."""
+  return 0.5 * (p_a_first + (1.0 - p_a_second))
+
+
 def ensemble(probabilities: Sequence[float]) -> float:
   """The label of a pair judged under several principles: the mean of their p(A)."""
   if not len(probabilities):
@@ -62,6 +73,7 @@ def ensemble(probabilities: Sequence[float]) -> float:
 class Settings:
   ensemble: int = 1                 # principles per pair, drawn without replacement
   chain_of_thought: bool = False
+  both_orders: bool = True          # score (a, b) and (b, a): no position bias in the label
   clamp: tuple[float, float] = (0.4, 0.6)   # applied to chain-of-thought labels
   cot_tokens: int = 64
   max_new_tokens: int = 128         # of each sampled reply
@@ -72,7 +84,8 @@ class Settings:
 
   @classmethod
   def from_config(cls, cai) -> "Settings":
-    return cls(cai.ensemble, cai.chain_of_thought, (cai.clamp_low, cai.clamp_high),
+    return cls(cai.ensemble, cai.chain_of_thought, cai.both_orders,
+               (cai.clamp_low, cai.clamp_high),
                cai.cot_tokens, cai.max_new_tokens, cai.temperature, cai.top_p, cai.batch_size,
                cai.seed)
 
@@ -89,15 +102,16 @@ def pair_principles(constitution: Constitution, seed: int, prompt_id: int, count
 
 
 def _comparisons(feedback: Any, conversations: list[list[dict]], settings: Settings,
-                 ids: list[int]) -> np.ndarray:
-  """p(A) [N] for each comparison conversation (after a chain of thought, when on)."""
+                 seeds: list[int]) -> np.ndarray:
+  """p(A) [N] for each comparison conversation (after a chain of thought, when on; row n's
+  thought sampled with seeds[n])."""
   if settings.chain_of_thought:
     prefixed = [c + [{"role": "assistant", "content": prompts_lib.COT_PREFIX}]
                 for c in conversations]
     thoughts = generation.replies(
         feedback, prefixed, settings.cot_tokens, SamplingParams(settings.temperature, 0,
                                                                 settings.top_p),
-        [_seed(settings.seed, i, 2) for i in ids], settings.batch_size,
+        seeds, settings.batch_size,
         stop_strings=[prompts_lib.COT_ANSWER.strip()])
     conversations = [c + [{"role": "assistant", "content": f"{prompts_lib.COT_PREFIX} {t}"
                                                            f"{prompts_lib.COT_ANSWER}"}]
@@ -124,13 +138,24 @@ def label_batch(policy: Any, feedback: Any, constitution: Constitution, ids: Seq
     else:
       names = pair_principles(constitution, settings.seed, i, settings.ensemble)
       record["principles"] = names
-      jobs += [(k, prompts_lib.comparison_messages(prompt, a, b, constitution.principle(n)))
-               for n in names]
+      orders = ((a, b), (b, a)) if settings.both_orders else ((a, b),)
+      jobs += [(k, order, prompts_lib.comparison_messages(prompt, *shown,
+                                                          constitution.principle(n)))
+               for n in names for order, shown in enumerate(orders)]
     out.append(record)
   if jobs:
-    p = _comparisons(feedback, [c for _, c in jobs], settings, [ids[k] for k, _ in jobs])
-    for (k, _), value in zip(jobs, p):
-      out[k].setdefault("p_each", []).append(round(float(value), 6))
+    p = _comparisons(feedback, [c for *_, c in jobs], settings,
+                     [_seed(settings.seed, ids[k], 2 + order) for k, order, _ in jobs])
+    per_order: dict[int, list[list[float]]] = {}
+    for (k, order, _), value in zip(jobs, p):
+      if order == 0:
+        per_order.setdefault(k, []).append([float(value)])
+      else:   # shown as (b, a): p(A) is p(b better)
+        per_order[k][-1].append(float(value))
+    for k, values in per_order.items():
+      out[k]["p_each"] = [round(v[0] if len(v) == 1 else both_orders(*v), 6) for v in values]
+      if settings.both_orders:
+        out[k]["p_orders"] = [[round(v[0], 6), round(1.0 - v[1], 6)] for v in values]
   for record in out:
     if "p_each" in record:
       record["p_chosen"] = ensemble(record["p_each"])

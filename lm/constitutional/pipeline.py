@@ -145,7 +145,8 @@ class Pipeline:
       return {"note": f"cai.policy={self.cai.policy} given: not trained here"}
     data = self.path("helpful", "data.jsonl")
     if not os.path.exists(data):
-      _write_jsonl(data, world.helpful_records(self.cai.world_records, seed=self.cai.seed))
+      _write_jsonl(data, world.helpful_records(self.cai.world_records, seed=self.cai.seed,
+                                               taught=self.cai.world_taught))
     return {"metrics": self._train("helpful", data, "")}
 
   def _engine(self, workdir: str):

@@ -50,39 +50,92 @@ def _request(question: str, max_tokens: int, retrieval_k: int = 0) -> chat_lib.C
 
 # -- Lost in the middle -------------------------------------------------------------------------
 
+def _kv_context(pairs: int, rng: np.random.Generator) -> tuple[list[str], list[str], str]:
+  """(keys, values, the user turn's opening): `pairs` lines "key: value" of distinct random
+  6-hex-digit keys and random 6-hex-digit values."""
+  keys = [f"{k:06x}" for k in rng.choice(1 << 24, pairs, replace=False)]
+  values = [f"{v:06x}" for v in rng.integers(0, 1 << 24, pairs)]
+  lines = "\n".join(f"{k}: {v}" for k, v in zip(keys, values))
+  return keys, values, f"Here are key: value pairs.\n{lines}\n"
+
+
+def _kv_question(key: str) -> str:
+  return f"What is the value of key {key}? Reply with the value only."
+
+
 def kv_items(pairs: int, position: int, items: int, rng: np.random.Generator
              ) -> list[tuple[str, str]]:
   """(question, answer): `pairs` lines "key: value" of random 6-hex-digit strings, and a
   question about the key on line `position` (0-based)."""
   out = []
   for _ in range(items):
-    keys = [f"{k:06x}" for k in rng.choice(1 << 24, pairs, replace=False)]
-    values = [f"{v:06x}" for v in rng.integers(0, 1 << 24, pairs)]
-    lines = "\n".join(f"{k}: {v}" for k, v in zip(keys, values))
-    question = (f"Here are key: value pairs.\n{lines}\nWhat is the value of key "
-                f"{keys[position]}? Reply with the value only.")
-    out.append((question, values[position]))
+    keys, values, context = _kv_context(pairs, rng)
+    out.append((context + _kv_question(keys[position]), values[position]))
   return out
+
+
+def kv_conversation(pairs: int, questions: int, rng: np.random.Generator,
+                    restate: bool = False) -> dict:
+  """A training record for the lost-in-the-middle eval's format: the first user turn is an
+  eval question (context + question), then `questions` - 1 more turns ask about other keys
+  of the same context. Keys are asked at uniformly random lines, so training favours no
+  position; several questions per context give the loss more answer tokens per (long)
+  context. The answer is the value alone, or with `restate` the key's whole line ("key:
+  value", which the eval accepts: the reply contains the value), so that every answer
+  character is a copy of the context: writing the key first makes finding its value a
+  plain copy of what follows it."""
+  keys, values, context = _kv_context(pairs, rng)
+  asked = rng.choice(pairs, min(questions, pairs), replace=False)
+  messages = []
+  for i, line in enumerate(asked):
+    answer = f"{keys[line]}: {values[line]}" if restate else values[line]
+    question = (context if i == 0 else "") + _kv_question(keys[line])
+    messages += [{"role": "user", "content": question},
+                 {"role": "assistant", "content": answer}]
+  return {"messages": messages}
+
+
+def lookup_items(pairs: int, position: int, items: int, rng: np.random.Generator
+                 ) -> list[tuple[str, str]]:
+  """(question, answer) in the built-in lookup task's format (lm/data/tasks.py: "a=3 b=5;
+  b?" -> "5"), with `pairs` distinct letters (at most 26) and the asked one at `position`."""
+  if not 1 <= pairs <= 26:
+    raise ValueError(f"lost_in_the_middle:format=lookup: pairs={pairs} must be in 1..26 "
+                     "(one letter per key)")
+  out = []
+  for _ in range(items):
+    keys = list(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), pairs, replace=False))
+    values = [str(int(v)) for v in rng.integers(0, 10, pairs)]
+    context = " ".join(f"{k}={v}" for k, v in zip(keys, values))
+    out.append((f"{context}; {keys[position]}?", values[position]))
+  return out
+
+
+FORMATS = {"kv": kv_items, "lookup": lookup_items}
 
 
 def lost_in_the_middle(chat: chat_lib.Chat, lengths: Sequence[int] = (8, 16, 32),
                        positions: int = 5, items: int = 4, seed: int = 0,
-                       batch_size: int = 64) -> dict:
+                       batch_size: int = 64, style: str = "kv") -> dict:
   """Accuracy for each context length (key-value pairs) and each of `positions` evenly spaced
-  answer positions (first to last)."""
+  answer positions (first to last). `style` "kv": the 6-hex-digit lines, correct when the
+  reply contains the value; "lookup": the lookup task's format, whose answer is one digit,
+  correct when the reply is that digit (chance: 10%)."""
   rng = np.random.default_rng(seed)
-  results = {"lengths": list(lengths), "positions": positions, "items": items, "table": {}}
+  results = {"lengths": list(lengths), "positions": positions, "items": items,
+             "format": style, "table": {}}
   for pairs in lengths:
     at = sorted({round(i * (pairs - 1) / max(positions - 1, 1)) for i in range(positions)})
-    cases = [(p, q, a) for p in at for q, a in kv_items(pairs, p, items, rng)]
-    requests = [_request(q, 32) for _, q, _ in cases]  # room to restate the key first
+    cases = [(p, q, a) for p in at for q, a in FORMATS[style](pairs, p, items, rng)]
+    # kv: room to restate the key first
+    requests = [_request(q, 32 if style == "kv" else 4) for _, q, _ in cases]
     start = time.perf_counter()
     replies = _replies(chat, requests, batch_size)
     tokens = int(np.mean([len(chat.prompt(r)) for r in requests]))
     row = {}
     for position in at:
-      hits = [a.lower() in reply.lower() for (p, _, a), reply in zip(cases, replies)
-              if p == position]
+      hits = [a.lower() in reply.lower() if style == "kv" else reply.strip() == a
+              for (p, _, a), reply in zip(cases, replies) if p == position]
       row[str(position)] = sum(hits) / len(hits)
     results["table"][str(pairs)] = {"prompt_tokens": tokens, "accuracy_by_position": row,
                                     "seconds": time.perf_counter() - start,
@@ -164,15 +217,51 @@ def knowledge(chat: chat_lib.Chat, seed: int = 0, retrieval_k: int = 3,
   return results
 
 
+# Options a task takes after its name: --limits=lost_in_the_middle:pairs=4+8+16:items=40
+OPTIONS = {"lost_in_the_middle": {"pairs": "lengths", "positions": "positions",
+                                  "items": "items", "format": "style"},
+           "knowledge": {}}
+
+
+def parse_task(spec: str) -> tuple[str, dict]:
+  """(task, keyword arguments) of one --limits entry "name[:option=value]..."; ValueError
+  naming the entry, the option and what it takes."""
+  name, *options = spec.split(":")
+  if name not in TASKS:
+    raise ValueError(f"--limits: {name!r} unknown; choose from {', '.join(TASKS)}")
+  kwargs = {}
+  for option in options:
+    key, _, value = option.partition("=")
+    if key not in OPTIONS[name]:
+      takes = ", ".join(OPTIONS[name]) or "no options"
+      raise ValueError(f"--limits={spec}: {name} takes {takes}, not {key!r}")
+    if key == "format":
+      if value not in FORMATS:
+        raise ValueError(f"--limits={spec}: format={value!r}; choose from "
+                         f"{', '.join(FORMATS)}")
+      kwargs["style"] = value
+      continue
+    try:
+      numbers = [int(v) for v in value.split("+")]
+    except ValueError:
+      numbers = []
+    if not numbers or min(numbers) < 1 or (key != "pairs" and len(numbers) > 1):
+      raise ValueError(f"--limits={spec}: {key}={value!r} must be "
+                       + ("positive integers joined by + (pairs=8+16+32)" if key == "pairs"
+                          else "a positive integer"))
+    kwargs[OPTIONS[name][key]] = numbers if key == "pairs" else numbers[0]
+  return name, kwargs
+
+
 def evaluate(engine: Any, tasks: Sequence[str], seed: int = 0) -> dict:
-  unknown = sorted(set(tasks) - set(TASKS))
-  if unknown:
-    raise ValueError(f"--limits: {', '.join(unknown)} unknown; choose from {', '.join(TASKS)}")
+  """The results of each task of `tasks` (entries as `parse_task` reads them)."""
+  specs = dict(parse_task(spec) for spec in tasks)
   chat = chat_lib.Chat(engine)
   results = {"model": chat.model_name, "seed": seed}
-  if "lost_in_the_middle" in tasks:
-    results["lost_in_the_middle"] = lost_in_the_middle(chat, seed=seed)
-  if "knowledge" in tasks:
+  if "lost_in_the_middle" in specs:
+    results["lost_in_the_middle"] = lost_in_the_middle(chat, seed=seed,
+                                                       **specs["lost_in_the_middle"])
+  if "knowledge" in specs:
     results["knowledge"] = knowledge(chat, seed=seed)
   return results
 

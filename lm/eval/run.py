@@ -94,6 +94,25 @@ def workdir_data_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text())).data
 
 
+def perplexity_source(workdir: str, source: str | None) -> tuple[str | None, str | None]:
+  """(the source `lm eval` measures perplexity on, or None; a note saying why there is none).
+  `source` (--source) when given; else the workdir's data.source, which is text only for a
+  pre-training run: a post-training stage (sft, dpo, ...) trained on records (chats, pairs)
+  that perplexity cannot read."""
+  if source is not None:
+    return source, None
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"--workdir={workdir} holds no config.json: is it a training run?")
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  stage = config.get("stage", "pretrain")
+  if stage != "pretrain":
+    return None, (f"No perplexity: the workdir trained stage={stage!r} on the records of "
+                  f"data.source={config.data.source!r}, not on text; pass --source=<a text "
+                  "source> (builtin:stdlib, text:<glob>, tfds:<name>) to measure it")
+  return config.data.source or None, None
+
+
 def write_results(results: dict, path: str) -> None:
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,13 +20,13 @@ must be a string if given, and is otherwise ignored; replies name the model that
 """
 
 import dataclasses
-import json
 import math
 import os
 import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from lm.infer import constrain
+from lm.infer import tool_stream
 from lm.infer import tools as tools_lib
 from lm.infer.sampling import SamplingParams
 
@@ -356,42 +356,45 @@ def stream_events(snapshots: Iterator[Any], request: ChatRequest, model: str,
                   prompt_tokens: int, form: tools_lib.CallFormat = tools_lib.DEFAULT_FORMAT
                   ) -> Iterator[dict]:
   """Messages API stream events (message_start ... message_stop) from successive completion
-  snapshots of one request (the last one final). Text streams as it comes (up to a tool
-  call's opening); tool_use blocks follow once the reply is complete, each input in one
-  input_json_delta."""
+  snapshots of one request (the last one final). Text streams as it comes, up to a tool
+  call's opening; then each tool_use block streams while the model writes its input
+  (lm/infer/tool_stream.py)."""
   message_id = new_id()
   yield {"type": "message_start", "message": {
       "id": message_id, "type": "message", "role": "assistant", "content": [], "model": model,
       "stop_reason": None, "stop_sequence": None,
       "usage": {"input_tokens": prompt_tokens, "output_tokens": 0}}}
   calling = bool(request.tools) and request.tool_choice.type != "none"
-  stops = request.stop_sequences + ([form.open] if calling else [])
-  deltas, started = TextDeltas(stops), False
+  calls = tool_stream.CallStream(form, request.stop_sequences) if calling else None
+  deltas = TextDeltas(request.stop_sequences + ([form.open] if calling else []))
+  text_block = None  # None: not started; True: open; False: closed before the calls
   completion = None
   for completion in snapshots:
     final = completion.stop_reason is not None
+    in_calls = calling and calls.started(completion.text)
     text = tools_lib.visible_text(completion.text, form) if calling else completion.text
-    delta = deltas.update(text, final)
-    if delta and not started:
-      started = True
+    delta = deltas.update(text, final or in_calls)  # the text before a call is complete
+    if delta and text_block is None:
+      text_block = True
       yield {"type": "content_block_start", "index": 0,
              "content_block": {"type": "text", "text": ""}}
     if delta:
       yield {"type": "content_block_delta", "index": 0,
              "delta": {"type": "text_delta", "text": delta}}
-  _, calls, reason = reply_blocks(completion, request, form)
-  if not started and not calls:
-    started = True
+    if in_calls:
+      if text_block:
+        text_block, calls.index = False, 1
+        yield {"type": "content_block_stop", "index": 0}
+      yield from calls.update(completion.text, final)
+  if text_block is None and not (calls and calls.index):  # no block at all: an empty text one
+    text_block = True
     yield {"type": "content_block_start", "index": 0,
            "content_block": {"type": "text", "text": ""}}
-  if started:
+  if text_block:
     yield {"type": "content_block_stop", "index": 0}
-  for index, call in enumerate(calls, start=int(started)):
-    yield {"type": "content_block_start", "index": index,
-           "content_block": {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}}
-    yield {"type": "content_block_delta", "index": index,
-           "delta": {"type": "input_json_delta", "partial_json": json.dumps(call.input)}}
-    yield {"type": "content_block_stop", "index": index}
+  reason = completion.stop_reason
+  if calls and calls.calls and reason == "end_turn":
+    reason = "tool_use"
   delta = {"type": "message_delta",
            "delta": {"stop_reason": reason, "stop_sequence": completion.stop_sequence},
            "usage": {"output_tokens": len(completion.tokens)}}

@@ -26,7 +26,8 @@ Parameters and cache live on a mesh like training's (`lm/parallel`): the batch o
 and fsdp, heads and the cache's kv heads over tensor, so tensor-parallel decoding works.
 The engine keeps its own copy of the parameters with the layers unrolled (`set_params`
 takes scanned or unrolled ones, e.g. a policy after an RL update): under nn.scan every
-decoded token would copy each layer's weights out of the stack.
+decoded token would copy each layer's weights out of the stack. The copy is stored in
+`model.frozen_dtype` (bfloat16 halves the bytes a decoded token reads; float32 by default).
 
 A stop string is matched in the loop as the token sequence `tokenizer.encode` gives it;
 the decoded text is searched too, so another tokenization of it still ends the completion
@@ -47,6 +48,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lm.infer import constrain as constrain_lib
+from lm.infer import dense
 from lm.infer import sampling as sampling_lib
 from lm.infer import scoring
 from lm.infer.sampling import SamplingParams
@@ -225,25 +227,33 @@ class Engine:
 
   def set_params(self, params: Any) -> None:
     """Decodes with `params` from now on (e.g. a policy after an update): the parameters of
-    Decoder(model_config), scanned or not; they are copied into the engine's layout."""
+    Decoder(model_config), scanned or not; they are copied into the engine's layout, stored
+    in `model.frozen_dtype` (bfloat16: half the bytes each decoded token reads)."""
     params = nn.unbox(params)
+    dtype = self.config.frozen_dtype
     if "layers" in params:  # scanned: [L, ...] stacks -> layers_0, layers_1, ...
       def unstack(params):
+        params = state_lib.store_as(params, dtype)
         out = {k: v for k, v in params.items() if k != "layers"}
         for i in range(self.config.num_layers):
           out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
         return out
       self.params = jax.jit(unstack, out_shardings=self.param_shardings)(params)
     else:
-      self.params = jax.device_put(params, self.param_shardings)
+      self.params = jax.jit(lambda p: state_lib.store_as(p, dtype),
+                            out_shardings=self.param_shardings)(params)
 
   @classmethod
-  def from_workdir(cls, workdir: str, mesh: Mesh | None = None) -> "Engine":
-    """The newest checkpoint (or imported parameters) of `workdir`, with its tokenizer."""
+  def from_workdir(cls, workdir: str, mesh: Mesh | None = None,
+                   frozen_dtype: str | None = None) -> "Engine":
+    """The newest checkpoint (or imported parameters) of `workdir`, with its tokenizer;
+    the parameters stored in `frozen_dtype` (None: the workdir's model.frozen_dtype)."""
     # pylint: disable=import-outside-toplevel
     from lm.data import tokenizer as tokenizer_lib
     from lm.train.checkpoint import load_for_inference
     config, model_config, params = load_for_inference(workdir)
+    if frozen_dtype:
+      model_config = model_config.replace(frozen_dtype=frozen_dtype)
     engine = cls(model_config, params, tokenizer_lib.for_workdir(config.data.tokenizer, workdir),
                  mesh=mesh)
     engine.name = epath.Path(workdir).name or "lm"
@@ -479,6 +489,29 @@ class Engine:
                       prompt_tokens)
 
   # -- Scoring ------------------------------------------------------------------------------
+
+  def embed(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+    """Each row's final hidden states averaged over its tokens (token ids): [N, D] float32,
+    the vectors of dense retrieval (lm/infer/dense.py). Right-padded batches, bucketed."""
+    if not hasattr(self, "_embed"):
+      self._embed = jax.jit(functools.partial(dense.mean_hidden, self.model))
+    placement = NamedSharding(self.mesh, PartitionSpec(("data", "fsdp")))
+    out = [np.zeros((0, self.config.d_model), np.float32)]
+    for begin in range(0, len(rows), batch_size):
+      chunk = [list(r) for r in rows[begin:begin + batch_size]]
+      if max(len(r) for r in chunk) > self.config.max_seq_len:
+        raise ValueError(f"a row is longer than the model's context ({self.config.max_seq_len})")
+      batch = _bucket(len(chunk), self.batch_multiple)
+      batch += -batch % self.batch_multiple
+      tokens = np.zeros((batch, _bucket(max(len(r) for r in chunk), 8)), np.int32)  # [B, T]
+      lengths = np.zeros(batch, np.int32)  # [B]
+      for i, row in enumerate(chunk):
+        tokens[i, :len(row)], lengths[i] = row, len(row)
+      with self._context():
+        vectors = self._embed(self.params, jax.device_put(tokens, placement),
+                              jax.device_put(lengths, placement))
+      out.append(np.asarray(jax.device_get(vectors))[:len(chunk)])
+    return np.concatenate(out)
 
   def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
             batch_size: int = 64) -> list[np.ndarray]:

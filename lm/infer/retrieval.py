@@ -8,14 +8,15 @@ system prompt that numbers the passages so the reply can cite them.
 
 Documents are cut into passages of `size` words, each starting `size - overlap` words after
 the previous one, so a fact that straddles a cut is whole in one of them. Ranking is BM25
-(`bm25s`: Lucene's variant, English stopwords removed). `lm chat --docs=DIR` and `lm serve
---docs=DIR` (a request's "retrieval" field) use it.
+(`bm25s`: Lucene's variant, English stopwords removed), or with `dense=engine` the cosine
+similarity of the model's mean-pooled hidden states (lm/infer/dense.py). `lm chat
+--docs=DIR` and `lm serve --docs=DIR` (a request's "retrieval" field) use it.
 """
 
 import dataclasses
 import os
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import bm25s
 
@@ -48,18 +49,24 @@ def _tokens(texts: Sequence[str]) -> list[list[str]]:
 
 
 class Index:
-  """BM25 over passages; `search` returns the best first."""
+  """BM25 over passages, or with `dense` (an Engine) the cosine of its model's mean-pooled
+  hidden states (lm/infer/dense.py); `search` returns the best first."""
 
-  def __init__(self, passages: Sequence[Passage]):
+  def __init__(self, passages: Sequence[Passage], dense: Any = None):
     if not passages:
       raise ValueError("retrieval: no passages to index (no .txt / .md text found)")
     self.passages = list(passages)
+    self._dense = None
+    if dense is not None:
+      from lm.infer import dense as dense_lib  # pylint: disable=import-outside-toplevel
+      self._dense = dense_lib.Ranker(dense, [p.text for p in self.passages])
     self._bm25 = bm25s.BM25()
     self._bm25.index(bm25s.tokenize([p.text for p in self.passages], stopwords="en",
                                     show_progress=False), show_progress=False)
 
   @classmethod
-  def from_folder(cls, folder: str, size: int = 120, overlap: int = 30) -> "Index":
+  def from_folder(cls, folder: str, size: int = 120, overlap: int = 30,
+                  dense: Any = None) -> "Index":
     folder = os.path.expanduser(folder)
     if not os.path.isdir(folder):
       raise ValueError(f"--docs={folder}: not a directory")
@@ -73,7 +80,7 @@ class Index:
           text = f.read()
         source = os.path.relpath(path, folder)
         passages += [Passage(source, start, piece) for start, piece in chunk(text, size, overlap)]
-    return cls(passages)
+    return cls(passages, dense)
 
   def search(self, query: str, k: int = 3) -> list[Passage]:
     """The k passages that score highest for `query` (fewer if the index is smaller, none
@@ -81,6 +88,8 @@ class Index:
     k = min(k, len(self.passages))
     if k <= 0 or not query.strip():
       return []
+    if self._dense is not None:
+      return [self.passages[i] for i, _ in self._dense.top(query, k)]
     tokens = _tokens([query])
     if not tokens[0]:
       return []

@@ -45,7 +45,8 @@ UNSUPPORTED_HINTS = {
     "mixtral": "mixture-of-experts MLPs",
 }
 # ModelConfig fields a run may choose on top of an import: numerics and memory only.
-RUNTIME_FIELDS = ("dtype", "remat", "scan_layers", "init_std", "attention", "loss_chunk")
+RUNTIME_FIELDS = ("dtype", "remat", "scan_layers", "init_std", "attention", "loss_chunk",
+                  "frozen_dtype")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja")
 

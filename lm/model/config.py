@@ -50,7 +50,11 @@ class ModelConfig:
   scale_embeddings: bool = False     # multiply embeddings by sqrt(D) (Gemma)
   sliding_window: int = 0            # attend to at most this many past tokens; 0: unlimited
   # Numerics and memory.
-  dtype: DType = "float32"           # compute dtype; parameters are always float32
+  dtype: DType = "float32"           # compute dtype; trained parameters are always float32
+  # Storage of parameters that are only read: a stage's frozen tree (a DPO/RL reference, a
+  # LoRA base that is not quantized) and the inference engine's copy. "bfloat16" halves
+  # their bytes; each is cast to `dtype` where it is used, as float32 ones are.
+  frozen_dtype: DType = "float32"
   scan_layers: bool = True           # nn.scan over blocks: one compiled block, stacked params
   remat: RematPolicy = "none"        # what a block keeps for the backward pass
   # Attention kernel for training and scoring (decoding always uses "xla"): "splash" (TPU
@@ -88,7 +92,7 @@ class ModelConfig:
       if getattr(self, name) <= 0:
         errors.append(f"model.{name}={getattr(self, name)} must be positive")
     for name, kinds in (("norm", NormKind), ("mlp", MlpKind), ("positions", PositionKind),
-                        ("rope_scaling", RopeScaling), ("dtype", DType),
+                        ("rope_scaling", RopeScaling), ("dtype", DType), ("frozen_dtype", DType),
                         ("remat", RematPolicy), ("attention", AttentionKind)):
       allowed = kinds.__args__
       if getattr(self, name) not in allowed:

@@ -190,7 +190,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, stage_type: StageTyp
   source = sources.open_source(config.data, config_lib.data_fields(config, stage),
                                check=getattr(stage, "check_record", None))
   tx = optim.make_optimizer(t)
-  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition)
+  abstract_state, shardings = state_lib.state_shardings(model, tx, mesh, rules, stage.partition,
+                                                        model_config.frozen_dtype)
   _, model_shardings = state_lib.abstract_params_and_shardings(model, mesh, rules)
   imported_params = nn.unbox(state_lib.abstract_boxed_params(Decoder(model_config))
                              ) if config.init_from else None
@@ -270,10 +271,11 @@ def initial_state(setup: Setup, workdir: str, manager) -> tuple[state_lib.TrainS
   key = jax.random.key(config.seed)
   if restored is None and config.init_from:  # the whole tree, before the stage splits it
     params = load_init_from(setup)
-    state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition)
+    state = state_lib.train_state_from_params(setup.tx, params, setup.shardings, stage.partition,
+                                              setup.model_config.frozen_dtype)
   elif restored is None:
     state = state_lib.create_train_state(setup.model, setup.tx, key, setup.shardings,
-                                         stage.partition)
+                                         stage.partition, setup.model_config.frozen_dtype)
   else:
     state, data_state = restored
     state = state.replace(frozen=None if setup.abstract_state.frozen is None else

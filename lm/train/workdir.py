@@ -47,7 +47,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 # Model fields that change how the model is computed, not what it computes.
 COMPUTE_FIELDS = ("dtype", "remat", "scan_layers", "max_seq_len", "init_std", "attention",
-                  "loss_chunk")
+                  "loss_chunk", "frozen_dtype")
 
 
 def _model_changes(saved: dict, current: dict) -> list[str]:

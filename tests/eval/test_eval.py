@@ -16,6 +16,7 @@ from lm.data import tasks
 from lm.eval import choice
 from lm.eval import exact_match
 from lm.eval import perplexity
+from lm.eval import run as eval_run
 from lm.model import Decoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -172,3 +173,19 @@ def test_cli_rejects_an_unknown_task(eval_workdir):
   run = _lm(f"--workdir={eval_workdir}", "--tasks=add,nope")
   assert run.returncode == 2
   assert "--tasks: unknown built-in task 'nope'" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_perplexity_source_of_a_post_training_workdir_says_why_there_is_none(tmp_path):
+  """An SFT workdir trained on chat records: no perplexity on them, and the note names the
+  stage and the way out (--source), not pre-training's error about the records."""
+  sft, pretrain = tmp_path / "sft", tmp_path / "pretrain"
+  for workdir, stage, source in ((sft, "sft", "builtin:tasks"),
+                                 (pretrain, "pretrain", "builtin:stdlib")):
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"stage": stage, "data": {"source": source}}))
+  source, note = eval_run.perplexity_source(str(sft), None)
+  assert source is None
+  assert "stage='sft'" in note and "builtin:tasks" in note and "--source=" in note
+  assert "pretrain" not in note
+  assert eval_run.perplexity_source(str(sft), "text:doc.txt") == ("text:doc.txt", None)
+  assert eval_run.perplexity_source(str(pretrain), None) == ("builtin:stdlib", None)

@@ -155,6 +155,31 @@ def test_streamed_tool_use_equals_the_message(sdk):
   assert set(final.content[0].input) == {"a", "b"}
 
 
+def test_tool_input_streams_while_it_is_written(sdk, server):
+  """A streamed tool_use block opens with its id, name and empty input, then its input comes
+  in input_json_delta pieces, one per snapshot of chunk_tokens tokens (the byte tokenizer:
+  at most that many characters each), which join to the input of the final message."""
+  request = dict(**ONE, extra_body={"temperature": 0}, tools=[WEATHER],
+                 tool_choice={"type": "tool", "name": "weather",
+                              "disable_parallel_tool_use": True})
+  with sdk.messages.stream(**request) as stream:
+    events = list(stream)
+    final = stream.get_final_message()
+  kinds = [e.type for e in events if e.type != "input_json"]  # input_json: the SDK's own
+  assert kinds[:2] == ["message_start", "content_block_start"]
+  assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+  start = events[1].content_block
+  assert (start.type, start.name, start.input) == ("tool_use", "weather", {})
+  pieces = [e.delta.partial_json for e in events
+            if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+  chunk = server.limits.chunk_tokens
+  assert len(pieces) >= 2 and all(0 < len(p) <= chunk for p in pieces), pieces
+  [use] = final.content
+  assert final.stop_reason == "tool_use" and use.id == start.id
+  assert use.input == json.loads("".join(pieces))
+  jsonschema.validate(use.input, WEATHER["input_schema"])
+
+
 def test_tool_round_trip_use_result_answer(sdk, server):
   """tool_use -> tool_result -> answer through the SDK, as a client writes it: the assistant's
   content goes back as the SDK returned it, the result in the next user turn; the model's next
