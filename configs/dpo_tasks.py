@@ -21,7 +21,14 @@ Result:   from /work/runs/sft_tasks (greedy replies to the 300 held-out prompts:
           rewards/accuracies 87.0% (step 50) -> 88.7% (150), rewards/margins 1.84,
           rewards/chosen -0.36, logps/chosen -66.2, nll_loss 2.645 per token (evaluate.py;
           experiments/preference/dpo_tasks_eval.json). The rise is small: 4 more right answers
-          of 300 (one prompt is 0.0067 of true reward), within what another seed could give.
+          of 300 (one prompt is 0.0067 of true reward), and it does NOT hold across seeds: the
+          same config with --config.seed=1 (another order of the pairs) gives 1.287 (exact
+          match 64.3%: add 6%, lookup 48%, count 34%, sort 98%), KL 0.025, rewards/accuracies
+          87.0%; with --config.seed=2: 1.360 (exact match 68.0%: add 14%, lookup 52%, count
+          42%, sort 100%), KL 0.027, rewards/accuracies 87.0%. Three seeds: 1.353 / 1.287 /
+          1.360, mean 1.333 against the SFT model's 1.327 (train 2.5-6.5 minutes wall each).
+          So the goal (DPO raises the greedy true reward) is not reliably met: RPO stops the
+          fall that DPO alone causes, and the change is within seed noise.
           The same with train.lr=3e-4: 1.333 (exact match 66.7%: add 8%, lookup 60%, count 36%,
           sort 100%, units 96%), KL 0.17, rewards/accuracies 89.0%.
           Without RPO (dpo.rpo_alpha=0) the true reward FELL: 1.260 at beta 0.1 (exact match
