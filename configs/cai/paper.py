@@ -66,8 +66,14 @@ def get_config(arg: str | None = None):
   config.dpo.dpo.beta = 0.1
   config.rl.train.steps = 500
   config.rl.train.lr = 1e-6
-  config.rl.train.batch_size = 32          # prompts; x rl.group_size completions
-  config.rl.train.grad_accum = 16 if small else 2
+  # prompts; x rl.group_size completions. One GPU: 4 prompts (32 rollouts of 1,024 tokens;
+  # the rollout phase scores every rollout at once, and 256 of them need 148 GiB of logits).
+  config.rl.train.batch_size = 4 if small else 32
+  config.rl.train.grad_accum = 4 if small else 2
+  rl = config.rl.rl                        # rollouts as long as the SFT conversations
+  rl.group_size = 8
+  rl.max_prompt_len = 768
+  rl.max_new_tokens = 256                  # = cai.max_new_tokens
   config.cai.skip = "helpful"
   if step:
     if step not in cai_config.TRAIN_STEPS or step == "helpful":

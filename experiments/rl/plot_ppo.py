@@ -22,9 +22,11 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 HERE = os.path.dirname(os.path.abspath(__file__))
 PANELS = (
     ("reward model score", (("rewards/model/mean", "train (sampled)"),
-                            ("eval_rewards/model", "held-out (sampled)"))),
+                            ("eval_rewards/model", "held-out (sampled)"),
+                            ("eval_greedy/rewards/model", "held-out (greedy)"))),
     ("true reward (never optimized)", (("rewards/true/mean", "train (sampled)"),
-                                       ("eval_rewards/true", "held-out (sampled)"))),
+                                       ("eval_rewards/true", "held-out (sampled)"),
+                                       ("eval_greedy/rewards/true", "held-out (greedy)"))),
     ("KL to the reference, nats per response", (("objective/kl", "train"),
                                                 ("eval_kl", "held-out"))),
     ("KL coefficient", (("objective/kl_coef", "kl_coef"),)),

@@ -42,6 +42,9 @@ def cai_section() -> ml_collections.ConfigDict:
   cai.eval_red_team = 300            # held-out prompts scored at the end
   cai.eval_benign = 200
   cai.eval_max_new_tokens = 32
+  # A real model's held-out prompts (cai.world=False): comma-separated JSONL files of rubric
+  # records (lm/constitutional/rubric.py: {"category", "prompt", "markers" | "answers"}).
+  cai.eval_prompts = ""
   # critique
   cai.revisions = 4                  # rounds of critique -> revision
   cai.few_shot = -1                  # demonstrations before each round; -1: all

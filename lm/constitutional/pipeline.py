@@ -253,7 +253,7 @@ class Pipeline:
 
   def step_evaluate(self) -> dict:
     if not self.cai.world:
-      return {"note": "no rule judge for a real model: see experiments/constitutional/"}
+      return self._evaluate_rubric()
     red = world.red_team("eval", self.cai.eval_red_team, seed=self.cai.seed)
     benign = world.benign("eval", self.cai.eval_benign, seed=self.cai.seed)
     results = {}
@@ -271,6 +271,33 @@ class Pipeline:
         with open(path, "w", encoding="utf-8") as f:
           json.dump(results[name], f, indent=1)
     return {"results": results, "table": evaluate_lib.format_table(results)}
+
+  def _evaluate_rubric(self) -> dict:
+    """A real model: cai.eval_prompts judged by the rubric (rubric.py); the feedback model's
+    comparisons against the helpful-only replies a secondary signal."""
+    if not self.cai.eval_prompts:
+      return {"note": "cai.eval_prompts is empty: nothing to evaluate a real model on"}
+    from lm.constitutional import rubric  # pylint: disable=import-outside-toplevel
+    records = rubric.load(self.cai.eval_prompts)
+    results, reference = {}, None
+    for name, workdir in self.models().items():
+      path = self.path("evaluate", name.replace(" ", "_").replace("(", "").replace(")", "")
+                       .replace("+", "") + ".json")
+      if workdir is None:
+        results[name] = None
+        continue
+      if not os.path.exists(path):
+        result = evaluate_lib.rubric_eval(
+            self._engine(workdir), records, self.cai.eval_max_new_tokens, self.cai.batch_size,
+            self._engine(self.feedback) if reference is not None else None,
+            self.constitution, reference)
+        with open(path, "w", encoding="utf-8") as f:
+          json.dump(result, f, indent=1)
+      with open(path, encoding="utf-8") as f:
+        results[name] = evaluate_lib.rejudge(records, json.load(f))
+      if reference is None:  # the first model, helpful-only: the others are compared to it
+        reference = [v["reply"] for v in results[name]["verdicts"]]
+    return {"results": results, "table": evaluate_lib.format_rubric_table(results)}
 
   # -- Running ----------------------------------------------------------------------------
 
@@ -343,5 +370,7 @@ def format_summary(summaries: dict[str, Any]) -> str:
     lines.append(f"{step:<18} {'done':<8} {s.get('wall_seconds', 0):>7.0f}s  {text}"[:200])
   table = (summaries.get("evaluate") or {}).get("table")
   if table:
-    lines += ["", "Held-out evaluation (rule-based judge):", table]
+    judge = "rule-based judge" if "exact match" in table else (
+        "rubric; FM = the feedback model's preference over helpful-only, secondary")
+    lines += ["", f"Held-out evaluation ({judge}):", table]
   return "\n".join(lines)

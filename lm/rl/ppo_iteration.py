@@ -16,19 +16,19 @@ Letters: B rollouts, P prompt columns, N response columns, T = P + N - 1.
    each one update of the stage's loss by the loop's own train step (guard, optimizer);
 5. the KL coefficient adapts to the KL of this batch (when `ppo.kl_target` is set);
 6. every `rl.samples_every` steps, the first `rl.samples` prompts and responses go to
-   `samples.jsonl` in the workdir.
+   `samples.jsonl` in the workdir (lm/rl/samples.py: once per step, resumed or not).
 The state's step counts iterations (the loop's steps), not updates.
 
 Evaluation samples one response per held-out prompt (the key fixed by `config.seed`, so
 every evaluation draws alike) and reports its reward, each reward term, the KL to the
-reference per response (k1, summed over its tokens) and the length.
+reference per response (k1, summed over its tokens) and the length; and the reward and its
+terms of the greedy response (eval_greedy/reward, eval_greedy/rewards/<name>).
 """
 
-import json
+import dataclasses
 import time
 from typing import Any
 
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -40,9 +40,9 @@ from lm.model import Decoder
 from lm.rl import losses
 from lm.rl import ppo_math
 from lm.rl import rollout as rollout_lib
+from lm.rl import samples as samples_lib
 from lm.train import loop as loop_lib
 from lm.train import optim
-from lm.parallel import rules as rules_lib
 
 _EVAL_KEY = 2 ** 30   # folded into the seed's key for evaluation; training folds steps below it
 _END_TURN = next(k for k, v in engine_lib.REASONS.items() if v == "end_turn")
@@ -72,14 +72,17 @@ class _Sampler:
     self.key = jax.random.key(setup.config.seed)
     model_config = setup.model_config
 
-    def sample(policy, prompts, start, key, group):
+    def sample(policy, prompts, start, key, group, settings):
       prompts, start = jnp.repeat(prompts, group, axis=0), jnp.repeat(start, group, axis=0)
-      return rollout_lib.generate(model_config, self.settings, policy, prompts, start, key)
+      return rollout_lib.generate(model_config, settings, policy, prompts, start, key)
 
-    self._sample = jax.jit(sample, static_argnames=("group",))
+    self._sample = jax.jit(sample, static_argnames=("group", "settings"))
 
-  def sample(self, params: Any, batch: dict, key: jax.Array, group: int):
-    return self._sample(params["policy"], batch["prompt"], batch["start"], key, group=group)
+  def sample(self, params: Any, batch: dict, key: jax.Array, group: int,
+             settings: rollout_lib.Settings | None = None):
+    """`group` responses to each prompt of `batch` (rl.* settings unless `settings`)."""
+    return self._sample(params["policy"], batch["prompt"], batch["start"], key, group=group,
+                        settings=settings or self.settings)
 
   def reference_logprobs(self, frozen: Any, rows: dict) -> jax.Array:
     """[B, N]: the reference's log-probs of the response tokens (sampling temperature)."""
@@ -119,7 +122,7 @@ class Iteration(_Sampler):
     self.workdir = workdir
     self.updates = p.epochs * p.num_minibatches
     train = updates_config(t, self.updates)
-    model, shardings = setup.model, setup.shardings
+    model = setup.model
 
     def apply(params, tokens, **kwargs):
       return model.apply({"params": params}, tokens, **kwargs)
@@ -156,15 +159,14 @@ class Iteration(_Sampler):
 
     self._experience = jax.jit(experience)
     self._select = jax.jit(select, out_shardings=setup.data_sharding)
-    self._update = jax.jit(loop_lib.make_train_step(model, optim.make_optimizer(train), stage,
-                                                    train),
-                           in_shardings=(shardings, setup.data_sharding),
-                           out_shardings=(shardings, rules_lib.replicated(setup.mesh)),
-                           donate_argnums=(0,))
+    self._update = loop_lib.jit_train_step(setup, optim.make_optimizer(train), train)
+    self._samples: samples_lib.SamplesLog | None = None
 
   def __call__(self, state: Any, batch: dict) -> tuple[Any, dict[str, float]]:
     stage, rl = self.stage, self.stage.rl
     step = int(jax.device_get(state.step))
+    if self._samples is None:  # this process's first iteration (a resumed run's too)
+      self._samples = samples_lib.SamplesLog(self.workdir, step + 1)
     key = jax.random.fold_in(self.key, step)
     start = time.perf_counter()
     rollout = self.sample(state.params, batch, jax.random.fold_in(key, 0), rl.group_size)
@@ -199,18 +201,12 @@ class Iteration(_Sampler):
                                   / rollout_seconds,
         "update/tokens_per_sec": stage.rollouts * columns * stage.p.epochs / update_seconds})
     stage.controller.update(out["objective/kl"], stage.rollouts)
-    if rl.samples_every and (step + 1) % rl.samples_every == 0 and jax.process_index() == 0:
-      self.write_samples(step + 1, prompts, texts, total, terms)
+    if rl.samples_every and (step + 1) % rl.samples_every == 0:
+      self._samples.write(step + 1, [
+          {"prompt": prompts[i], "completion": texts[i], "reward": float(total[i]),
+           **{name: float(v[i]) for name, v in terms.items()}}
+          for i in range(min(rl.samples, len(texts)))])
     return state.replace(step=jnp.asarray(step + 1, jnp.int32)), out
-
-  def write_samples(self, step: int, prompts: list[str], texts: list[str], total: np.ndarray,
-                    terms: dict[str, np.ndarray]) -> None:
-    lines = [json.dumps({"step": step, "prompt": prompts[i], "completion": texts[i],
-                         "reward": float(total[i]),
-                         **{name: float(v[i]) for name, v in terms.items()}})
-             for i in range(min(self.stage.rl.samples, len(texts)))]
-    with (epath.Path(self.workdir) / "samples.jsonl").open("a") as f:
-      f.write("".join(line + "\n" for line in lines))
 
 
 class Evaluation(_Sampler):
@@ -240,4 +236,11 @@ class Evaluation(_Sampler):
     sums = {"weight": float(np.sum(w)), "reward": float(np.sum(w * total)),
             "kl": float(np.sum(w * kl)), "length": float(np.sum(w * length))}
     sums.update({f"rewards/{name}": float(np.sum(w * v)) for name, v in terms.items()})
+    # The greedy reply too: what the policy answers, without the sampling noise (its KL is
+    # not a KL, the sampled one above is).
+    greedy = self.sample(params, batch, jax.random.fold_in(self.key, _EVAL_KEY), 1,
+                         dataclasses.replace(self.settings, temperature=0.0))
+    total, terms, *_ = self.score(greedy, batch["index"], 1, self.stage.eval_records)
+    sums["greedy/reward"] = float(np.sum(w * total))
+    sums.update({f"greedy/rewards/{name}": float(np.sum(w * v)) for name, v in terms.items()})
     return sums

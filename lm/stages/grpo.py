@@ -5,12 +5,12 @@ the policy being trained, reward them, and push up the ones better than their gr
 Letters: B prompts per step (`train.batch_size`), G completions per prompt
 (`rl.group_size`), N completion tokens (`rl.max_new_tokens`), V vocab.
 
-Every `rl.num_iterations` steps, `before_step` (called by the loop before each train step)
-turns the step's prompt batch into rollouts: inside one jit, on the training mesh, the
-policy's parameters as they sit in the train state generate G completions per prompt
-(lm/rl/rollout.py), and, in the same program, the frozen reference scores them (when
-`rl.beta` > 0) and so does the policy (when `rl.num_iterations` > 1: the "old" policy of the
-ratio). On the host, the completions are decoded and rewarded (lm/rl/rewards.py); group
+Every `rl.num_iterations` steps, the stage's step (`make_step`, which the loop calls instead
+of its own) turns the step's prompt batch into rollouts before its update: inside one jit,
+on the training mesh, the policy's parameters as they sit in the train state generate G
+completions per prompt (lm/rl/rollout.py), and, in the same program, the frozen reference
+scores them (when `rl.beta` > 0) and so does the policy (when `rl.num_iterations` > 1: the
+"old" policy of the ratio). On the host, the completions are decoded and rewarded (lm/rl/rewards.py); group
 advantages (lm/rl/losses.py) go back into the batch. The loss is
 
   per token   -min(r A, clip(r, 1 - eps, 1 + eps_high) A) + beta KL_k(pi || ref)
@@ -39,12 +39,10 @@ tokens of the step's batch (TRL's "dapo" by those of the whole generation batch,
 when one generation batch is one step).
 """
 
-import json
 import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,7 +57,9 @@ from lm.rl import losses
 from lm.rl import prompts as prompts_lib
 from lm.rl import rewards as rewards_lib
 from lm.rl import rollout as rollout_lib
+from lm.rl import samples as samples_lib
 from lm.stages import pretrain, sft
+from lm.train import loop as loop_lib
 
 TRAIN_METRICS = ("kl", "entropy", "clip_ratio")
 
@@ -114,6 +114,7 @@ class Stage:
                                                          rl.max_new_tokens)
     self.epsilon_high = rl.epsilon_high or rl.epsilon
     self.uses_reference = rl.beta > 0
+    self.frozen_is_start = self.uses_reference  # with LoRA: the base, adapters off
     self.reward = rewards_lib.from_config(rl)
     self.row = prompts_lib.PromptRow(tokenizer, tuple(self.fields), rl.max_prompt_len)
     self.settings = rollout_lib.Settings(
@@ -128,7 +129,7 @@ class Stage:
     self._rollout_fn: Callable | None = None
     self._buffer: tuple[dict, dict] | None = None    # (train batch, host metrics)
     self._last_return: float | None = None
-    self.workdir: str | None = None
+    self._samples: samples_lib.SamplesLog | None = None
 
   # -- The contract ---------------------------------------------------------------------------
 
@@ -263,20 +264,32 @@ class Stage:
 
   def _write_samples(self, step: int, user, texts, records, total, terms) -> None:
     every = self.rl.samples_every
-    if not every or step % every or self.workdir is None or jax.process_index() != 0:
+    if not every or step % every or self._samples is None:
       return
-    picks = range(0, len(texts), max(len(texts) // max(self.rl.samples, 1), 1))
-    with (epath.Path(self.workdir) / "samples.jsonl").open("a") as f:
-      for i in list(picks)[:self.rl.samples]:
-        f.write(json.dumps({"step": step, "prompt": user[i], "completion": texts[i],
-                            "answer": records[i].get("answer"), "reward": float(total[i]),
-                            **{f"rewards/{n}": float(v[i]) for n, v in terms.items()}}) + "\n")
+    picks = list(range(0, len(texts), max(len(texts) // max(self.rl.samples, 1), 1)))
+    self._samples.write(step, [
+        {"prompt": user[i], "completion": texts[i], "answer": records[i].get("answer"),
+         "reward": float(total[i]), **{f"rewards/{n}": float(v[i]) for n, v in terms.items()}}
+        for i in picks[:self.rl.samples]])
 
-  def before_step(self, state: Any, batch: dict, step: int, workdir: str
-                  ) -> tuple[dict, dict]:
-    """The loop's hook before step `step`: the prompt batch becomes rollouts from the state's
-    policy (every rl.num_iterations steps; the steps between reuse them)."""
-    self.workdir = workdir
+  def make_step(self, setup: Any, workdir: str) -> Callable:
+    """The loop's step: the prompt batch becomes rollouts from the state's policy (every
+    rl.num_iterations steps; the steps between reuse them), then one update of `loss`."""
+    update = loop_lib.jit_train_step(setup)
+
+    def step_fn(state: Any, batch: dict) -> tuple[Any, dict]:
+      step = int(jax.device_get(state.step))
+      if self._samples is None:  # the first step of this process: a resumed run's too
+        self._samples = samples_lib.SamplesLog(workdir, step)
+      train_batch, metrics = self._rollouts(state, batch, step)
+      state, update_metrics = update(state, train_batch)
+      return state, {**update_metrics, **metrics}
+
+    return step_fn
+
+  def _rollouts(self, state: Any, batch: dict, step: int) -> tuple[dict, dict]:
+    """The batch step `step` trains on and its host metrics: rollouts from the state's policy
+    every rl.num_iterations steps (the steps between reuse them)."""
     jax.block_until_ready(state.params)  # the previous update, timed below
     now = time.perf_counter()
     update_seconds = None if self._last_return is None else now - self._last_return

@@ -5,8 +5,8 @@ The wrapped stage keeps its batches, loss and metrics; the wrapper adapts its mo
 base) frozen, beside the stage's own frozen tree if it has one:
 `frozen = {"base": base, "stage": the stage's frozen tree}`. The stage's loss sees an `apply`
 that joins the adapters it differentiates with the base, so it is written once for full
-training and LoRA alike. A stage whose frozen tree is a copy of the model at its start (DPO's
-reference: `frozen_is_start`) keeps no copy: its reference is the base with the adapters off
+training and LoRA alike. A stage whose frozen tree is a copy of the model at its start (DPO's,
+GRPO's reference: `frozen_is_start`) keeps no copy: its reference is the base with the adapters off
 (zero adapters, which add exactly nothing), as PEFT's `disable_adapter` gives TRL. Dropout
 on the adapters' input runs in the training loss alone, which passes the dropout key;
 evaluation passes none.
@@ -105,10 +105,12 @@ class LoraStage:
 
   def policy_of(self, params: Any, frozen: Any) -> tuple[Any, Any]:
     """(policy, reference) as plain model parameters, the adapters folded into the base (an
-    RL stage's rollouts decode with them): the reference is the stage's frozen tree, whose
-    adapters are the starting ones, folded in too."""
+    RL stage's rollouts decode with them): the reference is the base alone when the stage's
+    frozen tree is a copy of the start, else that tree with its adapters folded in."""
     base = quant.dequantize_tree(frozen["base"])
     policy = lora_lib.merge(lora_lib.join(params, base), self.lora)
+    if self._frozen_is_start:  # the start: the adapters off, the base alone
+      return policy, base
     reference = frozen.get("stage")
     if reference is not None:
       reference = lora_lib.merge(reference, self.lora)

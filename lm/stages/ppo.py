@@ -31,7 +31,8 @@ temperature is `rl.temperature` (default 1.0; TRL 0.7); the values, rewards and 
 loss cover the response tokens alone (TRL's cover one more position after the end); the KL
 coefficient can adapt (TRL 1.x keeps it fixed; its older AdaptiveKLController is
 `ppo.kl_target`); evaluation samples held-out prompts and scores them (eval_reward,
-eval_rewards/<name>, eval_kl, eval_length). LoRA (`lora.rank`) is not supported with PPO.
+eval_rewards/<name>, eval_kl, eval_length; and the greedy reply's, eval_greedy/reward and
+eval_greedy/rewards/<name>). LoRA (`lora.rank`) is not supported with PPO.
 """
 
 import dataclasses

@@ -3,8 +3,9 @@
 Three parts, one function each: `set_up` (tokenizer, model, mesh, validation, data: every
 error from bad input happens here, before compiling), `initial_state` (restored from the
 newest checkpoint in `workdir`, else initialised sharded, from imported parameters when
-`init_from` says so), and `run_steps` (one `for step` loop with a jitted, donated step,
-the stage's hook, and three periodic jobs: log, evaluate, checkpoint).
+`init_from` says so), and `run_steps` (one `for step` loop with a jitted, donated step, or
+the stage's own step (RL: rollouts around its updates), and three periodic jobs: log,
+evaluate, checkpoint).
 
 The loop knows no stage: the stage class it is given (lm/train/stage.py is the contract)
 supplies the batches, the module, the split into trainable and frozen parameters, the loss
@@ -103,6 +104,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, stage: S
                          guard=guard), metrics
 
   return train_step
+
+
+def jit_train_step(setup: "Setup", tx: optax.GradientTransformation | None = None,
+                   train_config: ml_collections.ConfigDict | None = None) -> Callable:
+  """The train step of `make_train_step`, jitted with the state's and the batch's shardings
+  and the state donated; `tx` and `train_config` default to the run's (PPO counts its
+  schedule in minibatch updates, not steps)."""
+  train_config = setup.config.train if train_config is None else train_config
+  return jax.jit(make_train_step(setup.model, setup.tx if tx is None else tx, setup.stage,
+                                 train_config),
+                 in_shardings=(setup.shardings, setup.data_sharding),
+                 out_shardings=(setup.shardings, rules_lib.replicated(setup.mesh)),
+                 donate_argnums=(0,))
 
 
 def make_eval_step(model: nn.Module, stage: Stage) -> Callable:
@@ -309,13 +323,10 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   config, stage, t = setup.config, setup.stage, setup.config.train
   is_main = jax.process_index() == 0
   shardings, mesh = setup.shardings, setup.mesh
-  if hasattr(stage, "make_step"):  # more than one update of its loss (RL: rollouts, rewards)
+  if hasattr(stage, "make_step"):  # RL: rollouts and host rewards around its updates
     train_step = stage.make_step(setup, workdir)
   else:
-    train_step = jax.jit(make_train_step(setup.model, setup.tx, stage, t),
-                         in_shardings=(shardings, setup.data_sharding),
-                         out_shardings=(shardings, rules_lib.replicated(mesh)),
-                         donate_argnums=(0,))
+    train_step = jit_train_step(setup)
   if hasattr(stage, "make_eval_step"):
     eval_step = stage.make_eval_step(setup)
   else:
@@ -345,16 +356,10 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
   timer_step, timer_start = start_step, time.perf_counter()
   log_step = start_step
   profiler = profile_lib.Profiler(t.profile_steps, workdir)
-  # RL stages: the step's batch of prompts becomes a batch of rollouts from the state's
-  # policy, with host-side metrics (rewards, rollout speed) logged beside the step's.
-  before_step = getattr(stage, "before_step", None)
-  hook_metrics: dict[str, float] = {}
 
   with preemption.StopRequest() as stop_request:
     for step in range(start_step, t.steps):
       batch = setup.to_global(next(train_data))
-      if before_step is not None:
-        batch, hook_metrics = before_step(state, batch, step, workdir)
       profiler.before_step(step)
       state, step_metrics = train_step(state, batch)
       profiler.after_step(step, (state, step_metrics))
@@ -369,8 +374,7 @@ def run_steps(setup: Setup, workdir: str, state: state_lib.TrainState, train_dat
         timer_step, timer_start = done, time.perf_counter()
 
       if done % t.log_every == 0 or done == t.steps or stop:
-        host_metrics = {**{k: float(v) for k, v in jax.device_get(step_metrics).items()},
-                        **hook_metrics}
+        host_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         if done > timer_step:
           seconds_per_step = (time.perf_counter() - timer_start) / (done - timer_step)
         else:  # only the compiling step so far

@@ -64,15 +64,14 @@ class Stage(Protocol):
   #   import_leaf(path, leaf) -> leaf
   #                         each leaf of `init_from` as it is read (QLoRA: quantized there,
   #                         so no host holds a float copy of the whole import)
-  #   before_step(state, batch, step, workdir) -> (batch, metrics)
-  #                         called before each train step with the step's global batch: the
-  #                         batch the step trains on (RL: rollouts of the policy in `state`)
-  #                         and host-side metrics (floats) logged with the step's
   #   load_extra(params)    the model's whole tree at step 0 with more pretrained subtrees
   #                         filled (PPO's value model from a reward model's workdir)
-  #   make_step(setup, workdir) -> step(state, batch) -> (state, metrics): a step that is
-  #                         more than one update of `loss` (RL: rollouts, host rewards, several
-  #                         updates); called as it is, unjitted; `metrics` needs "loss" and
+  #   make_step(setup, workdir) -> step(state, batch) -> (state, metrics): the stage's own
+  #                         step instead of the loop's jitted update of `loss`, called as it
+  #                         is, unjitted, with the step's global batch (RL: rollouts of the
+  #                         policy in `state` and host rewards around one update, GRPO, or
+  #                         several, PPO; `lm.train.loop.jit_train_step` builds the update);
+  #                         `metrics` (device arrays or host floats) needs "loss" and
   #                         "skipped_updates", and the state's step must advance by one
   #   make_eval_step(setup) -> eval_step(params, frozen, batch) -> sums, instead of jitting
   #                         `eval_sums` (RL: sampled replies scored on the host)

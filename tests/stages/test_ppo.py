@@ -1,10 +1,12 @@
 """stage="ppo" (lm/stages/ppo.py, lm/rl/ppo_iteration.py) end to end on the preference world:
-killed with SIGKILL after a checkpoint and rerun, every step's metrics (rollouts, rewards, the
-adapted KL coefficient, losses) equal an uninterrupted run's; 8 CPU devices give one device's
-metrics. Also the policy-with-value module's logits against the bare Decoder's."""
+killed with SIGKILL after a checkpoint and rerun, the steps it replays have the metrics
+(rollouts, rewards, the adapted KL coefficient, losses) of the run before the kill, bit for
+bit, and each step's samples are written once; 8 CPU devices give one device's metrics.
+Also the policy-with-value module's logits against the bare Decoder's."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from lm.model import Decoder, presets
 from lm.model.heads import ActorCritic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REWARD = "tests.stages.rl_rewards:true_or_block"  # the true reward; blocks when asked to
 # 8 prompts x 8 new tokens, 2 epochs of one minibatch; an adaptive KL coefficient, so that
 # the coefficient a resumed run continues with shows in its metrics.
 PPO = ["--config=configs/tiny.py", "--config.stage=ppo",
@@ -28,9 +31,9 @@ PPO = ["--config=configs/tiny.py", "--config.stage=ppo",
        "--config.train.log_every=1", "--config.train.eval_every=1000",
        "--config.train.warmup_steps=1", "--config.data.eval_documents=8",
        "--config.rl.group_size=1", "--config.rl.max_prompt_len=48",
-       "--config.rl.max_new_tokens=8", "--config.rl.reward=true", "--config.ppo.epochs=2",
+       "--config.rl.max_new_tokens=8", f"--config.rl.reward={REWARD}", "--config.ppo.epochs=2",
        "--config.ppo.num_minibatches=1", "--config.ppo.kl_target=0.01",
-       "--config.ppo.kl_horizon=8", "--config.rl.samples_every=2"]
+       "--config.ppo.kl_horizon=8", "--config.rl.samples_every=1"]
 
 
 def command(workdir, cache, *more) -> list[str]:
@@ -38,9 +41,9 @@ def command(workdir, cache, *more) -> list[str]:
           f"--config.data.cache_dir={cache}", *more]
 
 
-def env(devices: int = 1) -> dict:
+def env(devices: int = 1, **more) -> dict:
   return {**os.environ, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **more}
 
 
 def records(workdir) -> list[dict]:
@@ -58,43 +61,53 @@ def exact(workdir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, data_cache):
-  """An uninterrupted run on one device and the same on 8, side by side."""
-  one, eight = (str(tmp_path_factory.mktemp(name)) for name in ("one", "eight"))
-  runs = [subprocess.Popen(command(workdir, data_cache), cwd=ROOT, env=env(devices),
+def runs(tmp_path_factory, data_cache):
+  """(the 1-device run's metrics before its kill, after its rerun, the rerun's stdout, its
+  workdir, the 8-device run's metrics). The 1-device run is killed while its reward blocks in
+  step 4 (after step 3's metrics and the checkpoint at step 2), so the rerun replays step 3;
+  the uninterrupted 8-device run goes on beside it."""
+  killed, eight = (str(tmp_path_factory.mktemp(name)) for name in ("killed", "eight"))
+  whole = subprocess.Popen(command(eight, data_cache), cwd=ROOT, env=env(8),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for workdir, devices in ((one, 1), (eight, 8))]
-  for run in runs:
-    _, err = run.communicate(timeout=600)
-    assert run.returncode == 0, err[-3000:]
-  return one, eight
-
-
-def test_ppo_resumes_after_kill_9_bitwise(whole, tmp_path, data_cache):
-  killed = tmp_path / "killed"
-  process = subprocess.Popen(command(killed, data_cache), cwd=ROOT, env=env(),
+  process = subprocess.Popen(command(killed, data_cache), cwd=ROOT,
+                             env=env(1, LM_TEST_BLOCK_AT="4"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
-  while not os.path.isdir(killed / "checkpoints" / "2"):  # renamed when complete
-    assert process.poll() is None, process.communicate()
+  while len(exact(killed)) < 3 or not os.path.isdir(os.path.join(killed, "checkpoints", "2")):
+    assert process.poll() is None, process.communicate()[1][-3000:]
     assert time.time() < deadline
-    time.sleep(0.01)
+    time.sleep(0.05)
   process.kill()
   assert process.wait() == -signal.SIGKILL
-  assert len(exact(killed)) < 5  # killed before the end
+  before = exact(killed)
+  shutil.copy(os.path.join(killed, "samples.jsonl"), os.path.join(killed, "before.jsonl"))
   rerun = subprocess.run(command(killed, data_cache), cwd=ROOT, env=env(),
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert "Resuming from checkpoint at step 2" in rerun.stdout
-  expected = exact(whole[0])
-  assert len(expected) == 5 and len({r["objective/kl_coef"] for r in expected[:4]}) == 4
-  assert exact(killed) == expected
-  samples = [json.loads(line) for line in open(killed / "samples.jsonl", encoding="utf-8")]
-  assert {s["step"] for s in samples} == {2, 4} and "true" in samples[0]
+  _, err = whole.communicate(timeout=600)
+  assert whole.returncode == 0, err[-3000:]
+  return before, exact(killed), rerun.stdout, killed, exact(eight)
 
 
-def test_8_cpu_devices_give_one_devices_metrics(whole):
-  one, eight = (exact(w) for w in whole)
+def test_ppo_resumes_after_kill_9_bitwise(runs):
+  before, after, stdout, killed, _ = runs
+  assert "Resuming from checkpoint at step 2" in stdout
+  assert [r["step"] for r in before] == [1, 2, 3]  # blocked in step 4
+  assert len(after) == 5 and after[:3] == before  # step 3 replayed bit for bit
+  assert len({r["objective/kl_coef"] for r in after[:4]}) == 4  # restored, then adapted
+  with open(os.path.join(killed, "before.jsonl"), encoding="utf-8") as f:
+    assert [json.loads(line)["step"] for line in f] == [1] * 4 + [2] * 4 + [3] * 4
+  with open(os.path.join(killed, "samples.jsonl"), encoding="utf-8") as f:
+    samples = [json.loads(line) for line in f]
+  # Step 3's samples, written before the kill and again by the rerun: once in the file.
+  assert [s["step"] for s in samples] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
+  assert REWARD in samples[0] and samples[8:12] == [
+      json.loads(line) for line in open(os.path.join(killed, "before.jsonl"),
+                                        encoding="utf-8")][8:12]
+
+
+def test_8_cpu_devices_give_one_devices_metrics(runs):
+  _, one, _, _, eight = runs
   assert len(one) == len(eight) == 5
   for a, b in zip(one, eight):
     assert a.keys() == b.keys()
