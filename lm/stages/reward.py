@@ -4,7 +4,9 @@ a rule, or an AI) prefer, as a Bradley-Terry model (Ouyang et al. 2022; Bai et a
 Letters: B pairs.
 
 The loss at the top is a pure function of the two rewards; the Stage below reads them at the
-last token of each reply (lm/model/heads.py, lm/stages/pairs.py). With d = r_chosen -
+last token of each reply, its end-of-turn token (lm/model/heads.py, lm/stages/pairs.py), or
+with `reward.read_at="reply_end"` at the token before it (measured no better on the
+preference world: configs/reward_tasks.py). With d = r_chosen -
 r_rejected - margin and the soft label p = p_chosen (1 when the record has none):
 
   loss = -p log sigmoid(d) - (1 - p) log sigmoid(-d)  [+ center (r_chosen + r_rejected)^2]
