@@ -19,8 +19,8 @@ against row). Per side the batch holds
 and `margin`, `p_chosen`, `weight` [B] float32, and, when the records carry the reference's
 log-probs (DPO's precomputed reference, lm/stages/reference.py), `chosen_reference` and
 `rejected_reference` [B] float32 (weight 1 for a pair, 0 for the empty rows
-that fill the last held-out batch: every sum a stage reports is weighted by it). A conversation longer than `train.seq_len` tokens
-loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
+that fill the last held-out batch: every sum a stage reports is weighted by it). A
+conversation longer than `train.seq_len` tokens loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
 so is a pair whose reply would keep no token.
 """
 

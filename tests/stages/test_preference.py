@@ -24,10 +24,12 @@ def torch_dpo(loss_type, beta, smoothing):
   """DPO, IPO and hinge as TRL's DPOTrainer.dpo_loss writes them, in float64 PyTorch."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64) for x in (POLICY_C, POLICY_R, REF_C, REF_R))
+  pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64)
+                    for x in (POLICY_C, POLICY_R, REF_C, REF_R))
   logits = (pc - pr) - (rc - rr)
   if loss_type == "sigmoid":
-    losses = -F.logsigmoid(beta * logits) * (1 - smoothing) - F.logsigmoid(-beta * logits) * smoothing
+    losses = (-F.logsigmoid(beta * logits) * (1 - smoothing)
+              - F.logsigmoid(-beta * logits) * smoothing)
   elif loss_type == "hinge":
     losses = torch.relu(1 - beta * logits)
   else:
