@@ -69,7 +69,8 @@ def model_fields() -> dict:
 def train_config(seq_len: int):
   config = config_lib.base_config()
   config.model.preset = "tiny"
-  for name, value in {**model_fields(), "remat": FLAGS.remat, "loss_chunk": FLAGS.loss_chunk}.items():
+  overrides = {**model_fields(), "remat": FLAGS.remat, "loss_chunk": FLAGS.loss_chunk}
+  for name, value in overrides.items():
     config.model[name] = value
   config.train.seq_len = seq_len
   config.train.batch_size = max(1, FLAGS.tokens_per_batch // seq_len)

@@ -11,17 +11,36 @@ Command:  python -m lm train --config=configs/sft_tasks.py --workdir=runs/sft_ta
           --config.dpo.rpo_alpha, --config.dpo.precompute_reference=True: no frozen copy)
 Hardware: 2 CPU cores, no accelerator, no network.
 Runtime:  150 steps of 32 pairs (64 rows, policy and reference) x 64 tokens on the 1.70M SFT
-          model: about 1.5 CPU-minutes; measured 19 minutes wall on 2 cores shared with a dozen
-          other jobs (load average 27-32); evaluate.py 2.5 minutes wall.
+          model: about 1.5 CPU-minutes; measured 6.5 minutes wall (391 s; 2026-11-30, 2 cores
+          shared with other jobs: noisy), evaluate.py 38 s.
 Result:   from /work/runs/sft_tasks (greedy replies to the 300 held-out prompts: true reward
-          1.327, exact match 66.3%): held-out rewards/accuracies 89.0% at step 50 -> 91.3% at
-          step 150, rewards/margins 6.14, loss 0.693 -> 0.194; the greedy replies' true
-          reward did NOT rise: 1.260 (exact match 63.0%: add 8 -> 10%, lookup 52 -> 56%,
-          sort 98 -> 84%, count 40 -> 28%, reverse and units 100%), KL(DPO || SFT) 0.44 nats
-          per reply (evaluate.py; experiments/preference/dpo_tasks_eval.json). DPO learns
-          which answers are right (add, lookup) but the pairs whose rejected reply is the
-          chosen one plus a suffix push p(end of turn) up after any item, and lists end
-          early; count falls too. beta=0.5 (below) stays closer (KL 0.13) and loses less.
+          1.327, exact match 66.3%), this config (sigmoid, beta 0.1, dpo.rpo_alpha 1, lr 1e-4):
+          the greedy replies' true reward ROSE to 1.353 (exact match 67.7%: add 8 -> 14%,
+          lookup 52 -> 58%, sort 98 -> 100%, count 40 -> 34%, reverse and units 100%; no reply
+          padded, none with a banned word), KL(DPO || SFT) 0.062 nats per reply; held-out
+          rewards/accuracies 87.0% (step 50) -> 88.7% (150), rewards/margins 1.84,
+          rewards/chosen -0.36, logps/chosen -66.2, nll_loss 2.645 per token (evaluate.py;
+          experiments/preference/dpo_tasks_eval.json). The rise is small: 4 more right answers
+          of 300 (one prompt is 0.0067 of true reward), and it does NOT hold across seeds: the
+          same config with --config.seed=1 (another order of the pairs) gives 1.287 (exact
+          match 64.3%: add 6%, lookup 48%, count 34%, sort 98%), KL 0.025, rewards/accuracies
+          87.0%; with --config.seed=2: 1.360 (exact match 68.0%: add 14%, lookup 52%, count
+          42%, sort 100%), KL 0.027, rewards/accuracies 87.0%. Three seeds: 1.353 / 1.287 /
+          1.360, mean 1.333 against the SFT model's 1.327 (train 2.5-6.5 minutes wall each).
+          Longer does not help: seed 1 with --config.train.steps=300 gives 1.300 (exact match
+          65.0%), KL 0.039, rewards/accuracies 88.3% (5 minutes wall).
+          So the goal (DPO raises the greedy true reward) is not reliably met: RPO stops the
+          fall that DPO alone causes, and the change is within seed noise.
+          The same with train.lr=3e-4: 1.333 (exact match 66.7%: add 8%, lookup 60%, count 36%,
+          sort 100%, units 96%), KL 0.17, rewards/accuracies 89.0%.
+          Without RPO (dpo.rpo_alpha=0) the true reward FELL: 1.260 at beta 0.1 (exact match
+          63.0%: add 8 -> 10%, lookup 52 -> 56%, sort 98 -> 84%, count 40 -> 28%), KL 0.44,
+          rewards/accuracies 91.3%, margins 6.14; 1.280 at beta 0.5 (pairs with the banned
+          word after a space), KL 0.13. DPO learns which answers are right (add, lookup) but
+          pushes both replies' likelihood down (likelihood displacement): the pairs whose
+          rejected reply is the chosen one plus a suffix raise p(end of turn) after any item,
+          and lists end early. The NLL term keeps the chosen replies (5 in 6 of them a bare
+          correct answer) likely: sorted lists stay whole (100%).
           The history, each run from that SFT model with these settings:
             pairs of the first version (a wrong reply chosen over a correct one with a banned
               word; the 0.57M SFT model of the old docstring): true reward 0.787 -> 0.733;
@@ -31,14 +50,11 @@ Result:   from /work/runs/sft_tasks (greedy replies to the 300 held-out prompts:
               yet the greedy true reward fell 1.327 -> 1.193 (exact match 59.7%; sort 98% ->
               72%), KL 0.84: the sorted lists were cut short ("0 4 5" for "0 4 5 9"). Those
               pairs lowered p(" " | a complete answer), and a space follows every list item;
-            the same with dpo.beta=0.5: true reward 1.280 (exact match 64.0%; sort 92%,
-              lookup 54%, count 30%), KL 0.13, rewards/accuracies 95.3%, margins 10.6;
             the banned word after a comma, as now, but a wrong number below 10 still always
-              above the answer: true reward 1.253 (exact match 62.7%: add 8 -> 12%, lookup
-              52 -> 58%, sort 98 -> 78%, count 40 -> 30%), KL 0.80, rewards/accuracies 93.3%.
-            dpo.rpo_alpha=1 (an NLL term on the chosen reply) was stopped at step 80: a
-              quarter of the chosen replies are padded ("432, Glad to help!"), which the SFT
-              model finds very unlikely (~20 nats a word), so that term teaches padding.
+              above the answer: true reward 1.253 (exact match 62.7%), KL 0.80.
+          A worry that RPO teaches padding (a sixth of the chosen replies are padded, "432,
+          Glad to help!", ~20 nats a word to the SFT model) did not come true at alpha 1:
+          the concise and banned pairs push the comma down faster.
 The reference is the starting model, a frozen copy in the train state (+1x parameters, no
 optimizer state), or with LoRA the base with the adapters off, or with
 dpo.precompute_reference its log-probs computed once; log-probs are summed over the reply
@@ -56,6 +72,7 @@ def get_config(arg: str | None = None):
   config.data.source = "builtin:preferences"
   config.dpo.loss = "sigmoid"
   config.dpo.beta = 0.1
+  config.dpo.rpo_alpha = 1.0              # the chosen reply's NLL: without it the true reward falls
   config.train.steps = 150
   config.train.batch_size = 32            # pairs (64 rows per forward pass, twice: the
   config.train.seq_len = 64               # policy and the reference)

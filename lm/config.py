@@ -133,6 +133,8 @@ def base_config() -> ml_collections.ConfigDict:
   # stage="reward" (lm/stages/reward.py): a scalar head on the decoder, Bradley-Terry loss.
   config.reward = ml_collections.ConfigDict()
   config.reward.center = 0.0              # weight of (r_chosen + r_rejected)^2: rewards near 0
+  config.reward.read_at = "end_of_turn"   # the reply's token the head reads: its end-of-turn
+                                          # token, or "reply_end": the token before it
 
   # RL stages (stage="grpo": lm/stages/grpo.py; reward functions: lm/rl/rewards.py). Defaults
   # follow TRL's GRPOTrainer (1.x) except beta (TRL: 0.0) and where the stage docstring says.

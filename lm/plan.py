@@ -7,7 +7,7 @@ Where the target is the local devices, the real training step is also compiled a
 time and XLA's own memory analysis is printed beside the analytic figures.
 
 Letters: L layers, D model dim, N query heads, K kv heads, H head dim, F ffn dim, V vocab,
-T sequence length. Per device, after sharding: m tokens in one micro-batch (batch_size /
+T sequence length. Per device, after sharding: m tokens in one micro-batch (rows /
 grad_accum / (data * fsdp) sequences of T), d = D / ways(act_embed), n = N / ways(act_heads),
 k = K / ways(kv_heads), f = F / ways(act_mlp), v = V / ways(act_vocab); s bytes per element
 of the compute dtype (`model.dtype`).
@@ -75,7 +75,10 @@ carries 1/H of them. With G the float32 gradient bytes of the trainable paramete
 divided by the table's DCN bandwidth per host. XLA may overlap it with compute; it bounds
 the step from below only when it exceeds the compute time.
 
-Time per step: FLOPs = lm.train.state.flops_per_token x batch_size x seq_len; at 100% MFU
+Time per step: FLOPs = lm.train.state.flops_per_token x rows x seq_len, the rows of one step
+as the loop counts them for tokens/s and MFU (a preference stage: chosen and rejected, 2 x
+batch_size; DPO's forward pass through a live reference, 1/3 more, is left out of both, as
+model FLOPs leave it out); at 100% MFU
 the step takes FLOPs / (peak x chips); 40% MFU is a realistic target for a tuned run. The
 HBM bound is the time each chip needs to move the bytes it cannot avoid: the gathered block
 weights read twice per micro-batch (three times under remat) and their gradient written
@@ -191,7 +194,7 @@ class Plan:
   accelerator: Accelerator
   num_devices: int
   mesh: dict[str, int]
-  batch_size: int
+  batch_size: int             # rows of one step (a preference stage: 2 x train.batch_size)
   seq_len: int
   grad_accum: int
   micro_batch: int            # sequences per device in one micro-batch
@@ -214,6 +217,7 @@ class Plan:
   rollout: plan_rl.Rollout | None = None  # RL stages: the rollout phase (lm/plan_rl.py)
   lora: str = ""              # "LoRA r=8": the trainable parameters are adapters
   frozen_storage: str = "float32"  # how the frozen tree is stored (a QLoRA base: "nf4 ...")
+  rows_per_example: int = 1   # rows of one train.batch_size example (a preference pair: 2)
 
   @property
   def total(self) -> float:
@@ -395,8 +399,10 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   gradients = params * (2 if t.grad_accum > 1 else 1)
 
   batch_ways = _ways("act_batch", rules, sizes)
-  rows, seq_len = ((t.batch_size, t.seq_len) if not plan_rl.is_rl(config)
-                   else plan_rl.update_shape(config))  # RL: one update's rows of rollouts
+  # Rows of one step: a preference pair is two (chosen, rejected), counted as the loop's
+  # tokens/s and MFU count them; RL: one update's rows of rollouts.
+  rows, seq_len = ((loop_lib.tokens_per_step(stage, t) // t.seq_len, t.seq_len)
+                   if not plan_rl.is_rl(config) else plan_rl.update_shape(config))
   micro_batch = -(-rows // t.grad_accum // batch_ways)
   batch_axes = _axes(nn.logical_to_mesh_axes(("act_batch",), rules)[0])
   model_axes = {a: 1 if a in batch_axes else size for a, size in sizes.items()}  # gathered
@@ -446,6 +452,8 @@ def plan(config: ml_collections.ConfigDict, accelerator: str | None = None,
   return Plan(model=model_config, num_params=state_lib.count_params(abstract.params),
               frozen=frozen, num_frozen=state_lib.count_params(abstract.frozen),
               accelerator=acc, num_devices=count, mesh=sizes, batch_size=rows,
+              rows_per_example=1 if plan_rl.is_rl(config) else getattr(stage,
+                                                                      "rows_per_example", 1),
               seq_len=seq_len, grad_accum=t.grad_accum, micro_batch=micro_batch,
               optimizer=t.optimizer, params=params, gradients=gradients,
               optimizer_state=opt_state, activations=activations,
@@ -533,7 +541,9 @@ def format_plan(p: Plan) -> str:
       + (f" (+{p.num_frozen / 1e9:.3f}B frozen)" if p.num_frozen else "") + ", on "
       f"{where} (mesh {mesh})",
       f"micro-batch per device: {p.micro_batch} x {p.seq_len} tokens (batch_size "
-      f"{p.batch_size} / grad_accum {p.grad_accum} / data*fsdp "
+      + (f"{p.batch_size // p.rows_per_example} pairs = {p.batch_size} rows"
+         if p.rows_per_example > 1 else f"{p.batch_size}")
+      + f" / grad_accum {p.grad_accum} / data*fsdp "
       f"{p.mesh['data'] * p.mesh['fsdp']})",
       kernels, "", header]
   for name, analytic, compiled in rows:

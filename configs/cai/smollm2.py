@@ -18,7 +18,8 @@ Result:   held-out rubric harmlessness / helpfulness (24 + 24 prompts): helpful-
           were all (A): experiments/constitutional/README.md, "Real model".
 Data:     experiments/constitutional/smollm2/: red_team_train.jsonl (32 prompts, 4 with a
           secret in the system prompt; the first 16 used), helpful_train.jsonl (20
-          hand-written helpful conversations mixed into SL-CAI's SFT), red_team_eval.jsonl and benign_eval.jsonl
+          hand-written helpful conversations mixed into SL-CAI's SFT), red_team_eval.jsonl
+          and benign_eval.jsonl
           (24 + 24 held-out prompts with the rubric's categories and markers); all written
           for this project.
 Scale is the machine's (2 cores shared with six other jobs gave this run at times 1/6 of a core):

@@ -8,10 +8,13 @@ seen in training. Reports, per task and overall, the mean true reward of the gre
 (lm/data/preferences.true_reward: +2 correct, -0.1 per extra word, -3 for a banned word) and
 exact match. KL(policy || reference): one sampled reply (temperature 1) per prompt, the mean
 over prompts of log pi(reply) - log ref(reply), summed over the reply's tokens (an unbiased
-Monte Carlo estimate). The true reward is used here only, never in training.
+Monte Carlo estimate). With the policy's own held-out metrics (the last `eval_*` line of its
+metrics.jsonl: a DPO run's rewards/accuracies, margins, logps) beside them. The true reward
+is used here only, never in training.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -38,6 +41,13 @@ def evaluate(policy_dir: str, reference_dir: str | None = None) -> dict:
   out["exact_match"] = float(np.mean([exact_match.is_correct(y, r["answer"])
                                       for r, y in zip(records, replies)]))
   out["examples"] = [[r["messages"][0]["content"], y] for r, y in zip(records[::50], replies[::50])]
+  metrics_path = os.path.join(policy_dir, "metrics.jsonl")
+  if os.path.exists(metrics_path):
+    with open(metrics_path, encoding="utf-8") as f:
+      held_out = [r for r in map(json.loads, filter(str.strip, f)) if "eval_loss" in r]
+    if held_out:
+      out["held_out_metrics"] = {k: v for k, v in held_out[-1].items()
+                                 if k.startswith("eval_") or k == "step"}
   if reference_dir:
     reference = Engine.from_workdir(reference_dir)
     tokenizer = policy.tokenizer

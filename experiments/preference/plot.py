@@ -1,8 +1,10 @@
 """One PNG per preference run: loss, accuracy and margin over steps, train and held-out.
 
     python experiments/preference/plot.py runs/reward_tasks [runs/dpo_tasks ...]
+    python experiments/preference/plot.py runs/rm_try=reward_tasks   # named reward_tasks
 
-Reads each workdir's metrics.jsonl and writes experiments/preference/<run name>.png. The
+Reads each workdir's metrics.jsonl and writes experiments/preference/<run name>.png (the
+workdir's name, or the one after "="). The
 reward stage logs accuracy / margin; DPO logs rewards/accuracies / rewards/margins (TRL's
 names): whichever the run has. Needs the `plot` extra (matplotlib).
 """
@@ -25,7 +27,7 @@ def series(records: list[dict], name: str) -> tuple[list[int], list[float]]:
   return [s for s, _ in points], [v for _, v in points]
 
 
-def plot(workdir: str) -> str:
+def plot(workdir: str, run_name: str = "") -> str:
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
   figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -40,7 +42,7 @@ def plot(workdir: str) -> str:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  name = os.path.basename(os.path.normpath(workdir))
+  name = run_name or os.path.basename(os.path.normpath(workdir))
   figure.suptitle(name)
   figure.tight_layout()
   out = os.path.join(HERE, f"{name}.png")
@@ -49,5 +51,5 @@ def plot(workdir: str) -> str:
 
 
 if __name__ == "__main__":
-  for directory in sys.argv[1:]:
-    print(plot(directory))
+  for argument in sys.argv[1:]:
+    print(plot(*argument.split("=", 1)))

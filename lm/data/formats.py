@@ -172,6 +172,21 @@ def preference_of(record: dict) -> tuple[list[dict], str, str, float, float]:
   return messages, record["chosen"], record["rejected"], numbers["margin"], numbers["p_chosen"]
 
 
+READ_AT = ("end_of_turn", "reply_end")
+
+
+def read_position(mask: np.ndarray, read_at: str = "end_of_turn") -> int:
+  """Where a reward head reads a reply rendered by `render_reply`: its last token, the
+  end-of-turn token ("end_of_turn"), or the token before it, the reply's own last token
+  ("reply_end"; an empty reply has none: its end-of-turn token)."""
+  if read_at not in READ_AT:
+    raise ValueError(f"reward.read_at={read_at!r} is not one of {list(READ_AT)}")
+  last = len(mask) - 1 - int(np.argmax(mask[::-1]))
+  if read_at == "reply_end" and last > 0 and mask[last - 1]:
+    return last - 1
+  return last
+
+
 def render_reply(tokenizer: Any, messages: list[dict], reply: str
                  ) -> tuple[np.ndarray, np.ndarray]:
   """(ids [N], mask [N]) of the conversation `messages` + the assistant's `reply`; the mask

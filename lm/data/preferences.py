@@ -92,15 +92,23 @@ def _pair(answer: str, kind: str, rng: np.random.Generator) -> tuple[str, str]:
 
 
 def records(split: str, seed: int = 0, noise: float = 0.0,
-            task_names: Sequence[str] | None = None) -> list[dict]:
-  """Preference records of `split` ("train" or "eval"): one per built-in task prompt."""
+            task_names: Sequence[str] | None = None,
+            kinds: Sequence[str] = KINDS) -> list[dict]:
+  """Preference records of `split` ("train" or "eval"): one per built-in task prompt, its
+  kind drawn from `kinds` (all three: the world as documented; fewer: every prompt gets a
+  pair of one of those, e.g. only correct vs wrong for a policy that never pads)."""
   if not 0.0 <= noise <= 0.5:
     raise ValueError(f"noise={noise}: the label noise is a swap probability in [0, 0.5]")
+  unknown = [k for k in kinds if k not in KINDS]
+  if unknown or not kinds or len(set(kinds)) != len(kinds):
+    raise ValueError(f"kinds={'+'.join(kinds)!r}: name each of {'+'.join(KINDS)} at most "
+                     "once, at least one")
+  kinds = tuple(k for k in KINDS if k in kinds)   # the order of KINDS: a seed draws alike
   rng = np.random.default_rng([int(seed), 7, split == "eval"])
   out = []
   for record in tasks.records(split, seed=seed, tasks=task_names):
     answer = record["answer"]
-    kind = KINDS[int(rng.integers(len(KINDS)))]
+    kind = kinds[int(rng.integers(len(kinds)))]
     better, worse = _pair(answer, kind, rng)
     assert true_reward(answer, better) > true_reward(answer, worse), (answer, better, worse)
     if rng.random() < noise:

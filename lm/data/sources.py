@@ -12,7 +12,8 @@
                         with their own held-out split; builtin:tasks:add,sort picks tasks
   builtin:preferences   preference pairs over the built-in tasks' prompts with a known true
                         reward (lm/data/preferences.py), for stage="reward" / "dpo"; options:
-                        builtin:preferences:noise=0.1,seed=0,tasks=add+sort
+                        builtin:preferences:noise=0.1,seed=0,tasks=add+sort,
+                        kinds=correct+concise (of correct, concise, banned)
   builtin:stdlib        ~1.7 MB of English prose shipped with Python itself: the pydoc topic
                         pages and every long docstring of the standard library. No network.
   synthetic:markov      a first-order Markov chain over a small alphabet whose entropy rate is
@@ -445,19 +446,21 @@ def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
 
 
 def _preferences_source(source: str, fields: tuple[str, ...]) -> Source:
-  """builtin:preferences[:noise=0.1,seed=0,tasks=add+sort]: the preference world's pairs
-  (lm/data/preferences.py), generated here."""
+  """builtin:preferences[:noise=0.1,seed=0,tasks=add+sort,kinds=correct+concise]: the
+  preference world's pairs (lm/data/preferences.py), generated here."""
   from lm.data import preferences  # pylint: disable=import-outside-toplevel
   options = _parse_options(source.split(":", 2)[2]) if source.count(":") > 1 else {}
-  unknown = sorted(set(options) - {"noise", "seed", "tasks"})
+  unknown = sorted(set(options) - {"noise", "seed", "tasks", "kinds"})
   if unknown:
     raise ValueError(f"data.source={source!r}: unknown option {unknown[0]!r}; the options are "
-                     "noise=<swap probability>, seed=<int>, tasks=<name>+<name>")
+                     "noise=<swap probability>, seed=<int>, tasks=<name>+<name>, "
+                     "kinds=<kind>+<kind>")
   try:
     noise, seed = float(options.get("noise", 0.0)), int(options.get("seed", 0))
     names = options["tasks"].split("+") if "tasks" in options else None
-    train = preferences.records("train", seed=seed, noise=noise, task_names=names)
-    held_out = preferences.records("eval", seed=seed, noise=0.0, task_names=names)
+    kinds = options["kinds"].split("+") if "kinds" in options else preferences.KINDS
+    train = preferences.records("train", seed=seed, noise=noise, task_names=names, kinds=kinds)
+    held_out = preferences.records("eval", seed=seed, noise=0.0, task_names=names, kinds=kinds)
   except ValueError as e:
     raise ValueError(f"data.source={source!r}: {e}") from e
   missing = [f for f in fields if f not in train[0]]

@@ -212,7 +212,8 @@ def parse_request(body: Any, max_tokens_limit: int | None = None,
     raise RequestError("messages: a non-empty list of {'role', 'content'} is required")
   clean = []
   for i, message in enumerate(messages):
-    if not isinstance(message, dict) or set(message) - {"role", "content"} or "content" not in message:
+    if (not isinstance(message, dict) or set(message) - {"role", "content"}
+        or "content" not in message):
       raise RequestError(f"messages.{i}: must be an object with exactly 'role' and 'content'")
     role = message.get("role")
     if role not in ("user", "assistant"):

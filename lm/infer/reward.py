@@ -5,7 +5,8 @@
     rm.score_batch(["Add: 2+2"] * 2, ["4", "5"])      # [2] float32: one forward pass per batch
 
 Each (prompt, reply) is rendered with the checkpoint's chat template exactly as the reward
-stage renders a side of a pair (lm/stages/pairs.py) and scored at the reply's last token.
+stage renders a side of a pair (lm/stages/pairs.py) and scored where the stage read it: the
+reply's last token, its end-of-turn token (or with reward.read_at="reply_end" the one before).
 Rows are right-padded (the causal mask keeps padding out of every real position) to shapes
 bucketed to powers of two, so a scorer in an RL loop compiles a handful of programs.
 """
@@ -59,6 +60,7 @@ class RewardModel:
     if self.params is None:
       raise FileNotFoundError(f"{workdir} holds no checkpoint yet")
     self.batch_size = batch_size
+    self.read_at = config.reward.get("read_at", "end_of_turn")   # as the stage read it
     self._apply = jax.jit(lambda p, tokens, last: self.model.apply({"params": p}, tokens,
                                                                     last=last))
 
@@ -70,7 +72,7 @@ class RewardModel:
     if len(ids) > self.model_config.max_seq_len:
       raise ValueError(f"prompt and reply have {len(ids)} tokens, more than "
                        f"model.max_seq_len={self.model_config.max_seq_len}")
-    return ids, len(mask) - 1 - int(np.argmax(mask[::-1]))
+    return ids, formats.read_position(mask, self.read_at)
 
   def score_batch(self, prompts: Sequence[Prompt], replies: Sequence[str]) -> np.ndarray:
     """The reward of each reply to its prompt: [N] float32."""

@@ -10,8 +10,8 @@ of its own) turns the step's prompt batch into rollouts before its update: insid
 on the training mesh, the policy's parameters as they sit in the train state generate G
 completions per prompt (lm/rl/rollout.py), and, in the same program, the frozen reference
 scores them (when `rl.beta` > 0) and so does the policy (when `rl.num_iterations` > 1: the
-"old" policy of the ratio). On the host, the completions are decoded and rewarded (lm/rl/rewards.py); group
-advantages (lm/rl/losses.py) go back into the batch. The loss is
+"old" policy of the ratio). On the host, the completions are decoded and rewarded
+(lm/rl/rewards.py); group advantages (lm/rl/losses.py) go back into the batch. The loss is
 
   per token   -min(r A, clip(r, 1 - eps, 1 + eps_high) A) + beta KL_k(pi || ref)
               r = pi(token) / pi_old(token); A the completion's advantage

@@ -11,14 +11,16 @@ against row). Per side the batch holds
   <side>_targets    [B, T] int32    the next token at every position
   <side>_loss_mask  [B, T] float32  1 where the target is a token of the reply (with its
                                     end-of-turn token), 0 on the prompt and the padding
-  <side>_last       [B] int32       the position of the reply's last token (a reward head
-                                    reads there, having seen the whole prompt and reply)
+  <side>_last       [B] int32       the position of the reply's last token, its end-of-turn
+                                    token (a reward head reads there, having seen the whole
+                                    prompt and reply; with reward.read_at="reply_end" the
+                                    token before it)
 
 and `margin`, `p_chosen`, `weight` [B] float32, and, when the records carry the reference's
 log-probs (DPO's precomputed reference, lm/stages/reference.py), `chosen_reference` and
 `rejected_reference` [B] float32 (weight 1 for a pair, 0 for the empty rows
-that fill the last held-out batch: every sum a stage reports is weighted by it). A conversation longer than `train.seq_len` tokens
-loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
+that fill the last held-out batch: every sum a stage reports is weighted by it). A
+conversation longer than `train.seq_len` tokens loses the tail of its reply (`data.truncate="cut"`) or the whole pair is skipped ("drop");
 so is a pair whose reply would keep no token.
 """
 
@@ -55,6 +57,7 @@ class PairRow:
   tokenizer: Any
   seq_len: int
   truncate: str   # "cut" | "drop"
+  read_at: str = "end_of_turn"   # the `last` position: formats.read_position
 
   @property
   def name(self) -> str:
@@ -63,6 +66,7 @@ class PairRow:
   def side(self, messages: list[dict], reply: str) -> dict[str, np.ndarray] | None:
     ids, mask = formats.render_reply(self.tokenizer, messages, reply)
     t = self.seq_len
+    last = min(formats.read_position(mask, self.read_at), t - 1)  # a cut row: its last token
     if len(ids) > t:
       if self.truncate == "drop":
         return None
@@ -74,7 +78,6 @@ class PairRow:
     inputs[:len(ids)] = ids
     targets[:len(ids) - 1] = ids[1:]
     loss_mask[:len(ids) - 1] = mask[1:]
-    last = len(mask) - 1 - int(np.argmax(mask[::-1]))
     return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask,
             "last": np.int32(last)}
 
@@ -110,9 +113,10 @@ class PairStage:
   fields = formats.PREFERENCE_FIELDS
   rows_per_example = 2   # chosen and rejected: tokens/s counts both
 
-  def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
+  def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any,
+               read_at: str = "end_of_turn"):
     self.tokenizer = tokenizer
-    self.row = PairRow(tokenizer, config.train.seq_len, config.data.truncate)
+    self.row = PairRow(tokenizer, config.train.seq_len, config.data.truncate, read_at)
 
   def check_record(self, record: dict) -> None:
     formats.preference_of(record)

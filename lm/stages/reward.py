@@ -4,7 +4,9 @@ a rule, or an AI) prefer, as a Bradley-Terry model (Ouyang et al. 2022; Bai et a
 Letters: B pairs.
 
 The loss at the top is a pure function of the two rewards; the Stage below reads them at the
-last token of each reply (lm/model/heads.py, lm/stages/pairs.py). With d = r_chosen -
+last token of each reply, its end-of-turn token (lm/model/heads.py, lm/stages/pairs.py), or
+with `reward.read_at="reply_end"` at the token before it (measured no better on the
+preference world: configs/reward_tasks.py). With d = r_chosen -
 r_rejected - margin and the soft label p = p_chosen (1 when the record has none):
 
   loss = -p log sigmoid(d) - (1 - p) log sigmoid(-d)  [+ center (r_chosen + r_rejected)^2]
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lm.data import formats
 from lm.model import ModelConfig
 from lm.model.heads import RewardModel
 from lm.stages import pairs
@@ -49,7 +52,10 @@ class Stage(pairs.PairStage):
   pretrained_key = "decoder"   # init_from fills the decoder; the head starts fresh
 
   def __init__(self, config: ml_collections.ConfigDict, tokenizer: Any):
-    super().__init__(config, tokenizer)
+    if config.reward.read_at not in formats.READ_AT:
+      raise ValueError(f"reward.read_at={config.reward.read_at!r} is not one of "
+                       f"{list(formats.READ_AT)}")
+    super().__init__(config, tokenizer, config.reward.read_at)
     if config.reward.center < 0:
       raise ValueError(f"reward.center={config.reward.center} must be >= 0")
     self.center = config.reward.center

@@ -89,6 +89,17 @@ def test_builtin_preferences_source_and_its_options(tmp_path):
                                formats.PREFERENCE_FIELDS)
   assert {r["task"] for r in source.train} == {"add", "count"}
   assert len(source.eval) == 2 * tasks.EVAL_PER_TASK
+  # kinds=: every prompt still gets a pair, now of those kinds only, train and held out; the
+  # default draws exactly the pairs it drew before the option existed (a frozen sample).
+  only = sources.open_source(data_config(tmp_path, "builtin:preferences:kinds=correct"),
+                             formats.PREFERENCE_FIELDS)
+  assert len(only.train) == len(preferences.records("train"))
+  assert {r["kind"] for r in only.train} == {r["kind"] for r in only.eval} == {"correct"}
+  assert [r["kind"] for r in preferences.records("eval")[:8]] == [
+      "banned", "concise", "banned", "concise", "concise", "correct", "correct", "banned"]
+  with pytest.raises(ValueError, match="kinds='correct\\+rude'"):
+    sources.open_source(data_config(tmp_path, "builtin:preferences:kinds=correct+rude"),
+                        formats.PREFERENCE_FIELDS)
   with pytest.raises(ValueError, match="unknown option 'nois'"):
     sources.open_source(data_config(tmp_path, "builtin:preferences:nois=0.1"), ("prompt",))
   with pytest.raises(ValueError, match="stage='reward' or 'dpo'"):
@@ -115,6 +126,16 @@ def test_pair_rows_mask_exactly_the_reply_and_point_at_its_last_token():
     assert not row[f"{side}_inputs"][n:].any() and not mask[n - 1:].any()
     assert row[f"{side}_last"] == n - 1 and row[f"{side}_inputs"][n - 1] == end_of_turn
   assert row["margin"] == 1.0 and row["p_chosen"] == 1.0
+  # reward.read_at="reply_end": the reply's own last token, before its end-of-turn token; a
+  # cut one keeps its row's last token.
+  record = {"prompt": prompt, "chosen": "30", "rejected": "31, I think"}
+  at_end = pairs.PairRow(tokenizer, seq_len=64, truncate="cut", read_at="reply_end")(record)
+  for side, char in (("chosen", "0"), ("rejected", "k")):
+    assert tokenizer.decode([int(at_end[f"{side}_inputs"][at_end[f"{side}_last"]])]) == char
+    assert at_end[f"{side}_inputs"][at_end[f"{side}_last"] + 1] == end_of_turn
+  cut = pairs.PairRow(tokenizer, seq_len=32, truncate="cut", read_at="reply_end")(
+      {"prompt": "q", "chosen": "a" * 40, "rejected": "b"})
+  assert cut["chosen_last"] == 31
 
 
 def test_long_replies_are_cut_or_the_pair_dropped():

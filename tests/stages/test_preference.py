@@ -24,10 +24,12 @@ def torch_dpo(loss_type, beta, smoothing):
   """DPO, IPO and hinge as TRL's DPOTrainer.dpo_loss writes them, in float64 PyTorch."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64) for x in (POLICY_C, POLICY_R, REF_C, REF_R))
+  pc, pr, rc, rr = (torch.tensor(x, dtype=torch.float64)
+                    for x in (POLICY_C, POLICY_R, REF_C, REF_R))
   logits = (pc - pr) - (rc - rr)
   if loss_type == "sigmoid":
-    losses = -F.logsigmoid(beta * logits) * (1 - smoothing) - F.logsigmoid(-beta * logits) * smoothing
+    losses = (-F.logsigmoid(beta * logits) * (1 - smoothing)
+              - F.logsigmoid(-beta * logits) * smoothing)
   elif loss_type == "hinge":
     losses = torch.relu(1 - beta * logits)
   else:
@@ -162,7 +164,18 @@ def test_reward_model_starts_from_a_workdir_with_a_fresh_head_and_scores_replies
     scores = rm.model.apply({"params": rm.params}, jnp.asarray([ids]))  # [1, T]
     assert batch[i] == pytest.approx(float(scores[0, -1]), abs=1e-5)
     assert rm.score(prompt, reply) == pytest.approx(batch[i], abs=1e-5)
+    # reward.read_at="reply_end": the reply's last token, before its end of turn (none in an
+    # empty reply: the end of turn)
+    rm.read_at = "reply_end"
+    assert rm.score(prompt, reply) == pytest.approx(float(scores[0, -2 if reply else -1]),
+                                                    abs=1e-5)
+    rm.read_at = "end_of_turn"
   assert len(set(np.round(batch, 6))) == 4
+  tokenizer = tokenizer_lib.get("byte")
+  assert reward.Stage(pair_config(data_cache, "reward", reward__read_at="reply_end"),
+                      tokenizer).row.read_at == "reply_end"
+  with pytest.raises(ValueError, match="reward.read_at='eot'"):
+    reward.Stage(pair_config(data_cache, "reward", reward__read_at="eot"), tokenizer)
 
 
 def test_padding_rows_of_the_held_out_set_weigh_nothing(data_cache):
@@ -323,3 +336,30 @@ def test_rpo_adds_alpha_times_the_chosen_nll_per_token(data_cache):
   assert float(sums[0.7]["loss"] - sums[0.0]["loss"]) == pytest.approx(0.7 * nll.sum(), rel=1e-4)
   assert float(sums[0.0]["nll_loss"]) == pytest.approx(nll.sum(), rel=1e-4)
   assert float(sums[0.7]["rewards/margins"]) == float(sums[0.0]["rewards/margins"])
+
+
+def test_plan_counts_both_rows_of_a_pair_as_xla_and_the_loop_do(data_cache):
+  """`lm plan`'s FLOPs for a pair stage are those of 2 x batch_size rows, as XLA counts the
+  reward stage's real gradient (the tiny model has no output layer there: ~0.8 of the plan's,
+  which includes one) and as the loop's tokens/s and MFU count them."""
+  from lm import plan as plan_lib  # pylint: disable=import-outside-toplevel
+  from lm.data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from lm.train import loop, state as state_lib  # pylint: disable=import-outside-toplevel
+  config = pair_config(data_cache, "reward", model__scan_layers=False, model__remat="none",
+                       model__num_layers=2, train__batch_size=8)
+  plan = plan_lib.plan(config, compile_step=False)
+  stage = stages.for_config(config)(config, tokenizer_lib.get("byte"))
+  model = stage.make_model(config_lib.model_config(config))
+  params = jax.eval_shape(lambda: jax.tree.map(
+      lambda x: x.value, state_lib.init_params(model, jax.random.key(0)),
+      is_leaf=lambda x: hasattr(x, "value")))
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in stage.example_batch(8, 64).items()}
+  apply = lambda p, tokens, **kw: model.apply({"params": p}, tokens, **kw)
+  grad = jax.jit(jax.grad(lambda p, b: stage.loss(apply, p, None, b)[0])).lower(params, batch)
+  cost = grad.compile().cost_analysis()
+  xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+  assert 0.7 < xla_flops / plan.flops_per_step < 1.0
+  assert plan.batch_size == 16 and plan.micro_batch == 16   # 8 pairs: 16 rows on one device
+  flops_per_token = plan.flops_per_step / (plan.batch_size * plan.seq_len)
+  assert plan.flops_per_step == flops_per_token * loop.tokens_per_step(stage, config.train)
+  assert "8 pairs = 16 rows" in plan_lib.format_plan(plan)
