@@ -33,6 +33,12 @@ Result:   from /work/runs/sft_tasks (greedy replies to the 300 held-out prompts:
           fall that DPO alone causes, and the change is within seed noise.
           The same with train.lr=3e-4: 1.333 (exact match 66.7%: add 8%, lookup 60%, count 36%,
           sort 100%, units 96%), KL 0.17, rewards/accuracies 89.0%.
+          Correct-vs-wrong pairs alone (--config.data.source=builtin:preferences:kinds=correct;
+          about 1 minute wall each on the quiet machine) are worse: with RPO 1.207 / 1.174
+          (seeds 0 / 1), KL 44, held-out rewards/accuracies 48-51%: the policy drifts far from
+          the reference (reversed and sorted lists run on: reverse 100 -> 78%, sort 98 -> 82%);
+          without it (--config.dpo.rpo_alpha=0) 1.293 / 1.204 / 1.319 (seeds 0 / 1 / 2), KL
+          0.26 / 0.80 / 0.49, rewards/accuracies 75-78%.
           Without RPO (dpo.rpo_alpha=0) the true reward FELL: 1.260 at beta 0.1 (exact match
           63.0%: add 8 -> 10%, lookup 52 -> 56%, sort 98 -> 84%, count 40 -> 28%), KL 0.44,
           rewards/accuracies 91.3%, margins 6.14; 1.280 at beta 0.5 (pairs with the banned
