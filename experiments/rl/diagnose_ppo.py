@@ -24,19 +24,15 @@ import json
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from evaluate_ppo import load_config  # pylint: disable=wrong-import-position
-from lm import stages  # pylint: disable=wrong-import-position
+from evaluate_ppo import load_config, newest_state  # pylint: disable=wrong-import-position
 from lm.data import preferences  # pylint: disable=wrong-import-position
 from lm.rl import ppo_iteration  # pylint: disable=wrong-import-position
 from lm.rl import rollout as rollout_lib  # pylint: disable=wrong-import-position
-from lm.train import checkpoint as checkpoint_lib  # pylint: disable=wrong-import-position
-from lm.train import loop  # pylint: disable=wrong-import-position
 
 
 def breakdown(answer: str, reply: str) -> dict[str, float]:
@@ -61,13 +57,8 @@ def main(spec: str, workdir: str) -> dict:
   config = load_config(spec).unlock()
   config.rl.reward, config.rl.reward_weights, config.rl.reward_model = "true", "", ""
   config.ppo.value_init = ""
-  setup = loop.set_up(config, workdir, stages.for_config(config))
   out = {}
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    manager = checkpoint_lib.make_manager(workdir, 3)
-    state, train_data, _ = loop.initial_state(setup, workdir, manager)
-    train_data.close()
-    manager.close()
+  with newest_state(config, workdir) as (setup, state):
     stage = setup.stage
     eval_set = stage.eval_set(setup.source.eval, setup.config, setup.rows)
     batches = [setup.to_global(b) for b in eval_set.batches]
@@ -104,13 +95,8 @@ def rerank(spec: str, workdir: str, k: int) -> dict:
   reward_model = config.rl.reward_model
   config.rl.reward, config.rl.reward_weights = "true,model", ""
   config.ppo.value_init = ""
-  setup = loop.set_up(config, workdir, stages.for_config(config))
   per_task = collections.defaultdict(lambda: collections.defaultdict(list))
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    manager = checkpoint_lib.make_manager(workdir, 3)
-    state, train_data, _ = loop.initial_state(setup, workdir, manager)
-    train_data.close()
-    manager.close()
+  with newest_state(config, workdir) as (setup, state):
     stage = setup.stage
     eval_set = stage.eval_set(setup.source.eval, setup.config, setup.rows)
     sampler = ppo_iteration._Sampler(stage, setup)  # pylint: disable=protected-access

@@ -9,6 +9,7 @@ reference per response and the length, over every held-out prompt (one sampled r
 each, the evaluation's fixed key).
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -32,18 +33,25 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-def main(spec: str, workdir: str) -> dict:
-  config = load_config(spec)
+@contextlib.contextmanager
+def newest_state(config, workdir: str):
+  """(setup, train state) of `workdir`'s newest checkpoint, or of the start (`init_from`)
+  when it has none, inside the run's mesh and logical axis rules."""
   setup = loop.set_up(config, workdir, stages.for_config(config))
   with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
     manager = checkpoint_lib.make_manager(workdir, 3)
     state, train_data, _ = loop.initial_state(setup, workdir, manager)
     train_data.close()
+    manager.close()
+    yield setup, state
+
+
+def main(spec: str, workdir: str) -> dict:
+  with newest_state(load_config(spec), workdir) as (setup, state):
     eval_set = setup.stage.eval_set(setup.source.eval, setup.config, setup.rows)
     metrics = loop.evaluate(setup.stage.make_eval_step(setup), state,
                             [setup.to_global(b) for b in eval_set.batches], eval_set,
                             setup.stage)
-    manager.close()
   metrics["step"] = int(jax.device_get(state.step))
   with open(os.path.join(workdir, "eval_ppo.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2)

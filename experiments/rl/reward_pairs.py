@@ -19,19 +19,15 @@ import json
 import os
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from evaluate_ppo import load_config  # pylint: disable=wrong-import-position
-from lm import stages  # pylint: disable=wrong-import-position
+from evaluate_ppo import load_config, newest_state  # pylint: disable=wrong-import-position
 from lm.data import preferences  # pylint: disable=wrong-import-position
 from lm.rl import ppo_iteration  # pylint: disable=wrong-import-position
 from lm.rl import rollout as rollout_lib  # pylint: disable=wrong-import-position
-from lm.train import checkpoint as checkpoint_lib  # pylint: disable=wrong-import-position
-from lm.train import loop  # pylint: disable=wrong-import-position
 
 
 def main(spec: str, out: str, n: int = 6400, correct: float = 0.8, seed: int = 0) -> None:
@@ -40,16 +36,11 @@ def main(spec: str, out: str, n: int = 6400, correct: float = 0.8, seed: int = 0
   config.ppo.value_init = ""
   config.data.eval_documents = 0
   workdir = out + ".workdir"
-  setup = loop.set_up(config, workdir, stages.for_config(config))
-  rng = np.random.default_rng([seed, 13])
-  train = list(setup.source.train)
-  records = [train[int(i)] for i in rng.permutation(len(train))[:n]]
   pairs = []
-  with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
-    manager = checkpoint_lib.make_manager(workdir, 3)
-    state, train_data, _ = loop.initial_state(setup, workdir, manager)
-    train_data.close()
-    manager.close()
+  with newest_state(config, workdir) as (setup, state):
+    rng = np.random.default_rng([seed, 13])
+    train = list(setup.source.train)
+    records = [train[int(i)] for i in rng.permutation(len(train))[:n]]
     stage = setup.stage
     eval_set = stage.eval_set(records, setup.config, setup.rows)
     sampler = ppo_iteration._Sampler(stage, setup)  # pylint: disable=protected-access
