@@ -22,6 +22,7 @@ from lm.data import tokenizer as tokenizer_lib
 from lm.model import Decoder
 from lm.model import lora as lora_lib
 from lm.stages import train_and_evaluate
+from tests.metrics_log import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = ["--config=configs/tiny.py", "--config.stage=grpo",
@@ -39,14 +40,6 @@ TIMINGS = ("per_sec", "mfu")
 def command(workdir, cache):
   return [sys.executable, "-m", "lm", "train", f"--workdir={workdir}", *FLAGS,
           f"--config.data.cache_dir={cache}"]
-
-
-def records(workdir) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def steps(workdir) -> dict[int, dict]:

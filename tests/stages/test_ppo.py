@@ -20,6 +20,7 @@ import pytest
 
 from lm.model import Decoder, presets
 from lm.model.heads import ActorCritic
+from tests.metrics_log import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REWARD = "tests.stages.rl_rewards:true_or_block"  # the true reward; blocks when asked to
@@ -44,14 +45,6 @@ def command(workdir, cache, *more) -> list[str]:
 def env(devices: int = 1, **more) -> dict:
   return {**os.environ, "JAX_PLATFORMS": "cpu",
           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **more}
-
-
-def records(workdir) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def exact(workdir) -> list[dict]:

@@ -16,6 +16,7 @@ import pytest
 
 from lm.stages import train_and_evaluate
 from lm.train import workdir as workdir_lib
+from tests.metrics_log import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config=configs/tiny.py:synthetic", "--config.train.batch_size=8",
@@ -32,14 +33,6 @@ def train_command(workdir, cache, *overrides) -> list[str]:
 def start(command) -> subprocess.Popen:
   return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def records(workdir) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def losses(workdir) -> dict[int, float]:
