@@ -4,8 +4,8 @@ match (greedy) per task over steps.
     python experiments/rl/evaluate.py runs/grpo_tasks     # writes runs/grpo_tasks/exact_match.json
     python experiments/rl/plot.py runs/grpo_tasks [runs/grpo_lookup ...]
 
-Reads each workdir's metrics.jsonl (and its exact_match_n<N>.json with the largest N, else
-exact_match.json = 50 questions per task, when there) and writes
+Reads each workdir's metrics.jsonl (and every exact_match_n<N>.json, else exact_match.json
+= 50 questions per task, when there: each task at the steps it was scored) and writes
 experiments/rl/<run name>.png. Train-side curves are smoothed over 10 logged points (the
 per-step reward of 128 samples is noisy). Needs the `plot` extra (matplotlib).
 """
@@ -34,14 +34,13 @@ def smoothed(values: np.ndarray) -> np.ndarray:
   return np.convolve(values, kernel, mode="valid") if len(values) else values
 
 
-def exact_match_file(workdir: str) -> tuple[str | None, int]:
-  """The held-out scores with the most questions per task (evaluate.py), and that number."""
-  sizes = [int(name[len("exact_match_n"):-len(".json")]) for name in os.listdir(workdir)
-           if re.fullmatch(r"exact_match_n\d+\.json", name)]
-  if sizes:
-    return os.path.join(workdir, f"exact_match_n{max(sizes)}.json"), max(sizes)
+def exact_match_files(workdir: str) -> list[tuple[str, int]]:
+  """The held-out scores (evaluate.py) of the run: (path, questions per task) per file."""
+  sizes = sorted(int(name[len("exact_match_n"):-len(".json")]) for name in os.listdir(workdir)
+                 if re.fullmatch(r"exact_match_n\d+\.json", name))
+  files = [(os.path.join(workdir, f"exact_match_n{n}.json"), n) for n in sizes]
   path = os.path.join(workdir, "exact_match.json")
-  return (path, 50) if os.path.exists(path) else (None, 0)
+  return files or ([(path, 50)] if os.path.exists(path) else [])
 
 
 def plot(workdir: str) -> str:
@@ -64,20 +63,24 @@ def plot(workdir: str) -> str:
     axes[1].plot(steps, values, alpha=0.25, color=line.get_color())
   axes[1].set_title("KL(policy || SFT) and entropy, nats per completion token")
   axes[1].legend()
-  path, n = exact_match_file(workdir)
-  if path:
+  files = exact_match_files(workdir)
+  for path, n in files:  # every task at the steps scored with n questions
     with open(path, encoding="utf-8") as f:
       results = {int(k): v for k, v in json.load(f).items()}
-    steps = sorted(results)
-    for task in sorted(results[steps[0]]):
+    for task in sorted({t for scores in results.values() for t in scores}):
+      steps = sorted(s for s in results if task in results[s])
       accuracy = np.array([results[s][task] for s in steps])
       stderr = np.sqrt(accuracy * (1 - accuracy) / n)
-      line, = axes[2].plot(steps, 100 * accuracy, marker="o", label=task)
+      label = task if len(files) == 1 else f"{task}, n={n}"
+      line, = axes[2].plot(steps, 100 * accuracy, marker="o", label=label)
       axes[2].fill_between(steps, 100 * (accuracy - stderr), 100 * (accuracy + stderr),
                            alpha=0.2, color=line.get_color())
-      axes[2].axhline(100 * accuracy[0], ls=":", color=line.get_color())
-    axes[2].set_title(f"held-out exact match, greedy, %\n(n={n} per task, band: ±1 standard "
-                      "error; dotted: SFT)")
+      if steps[0] == 0:
+        axes[2].axhline(100 * accuracy[0], ls=":", color=line.get_color())
+  if files:
+    sizes = ", ".join(str(n) for _, n in files)
+    axes[2].set_title(f"held-out exact match, greedy, %\n(n={sizes} per task, band: ±1 "
+                      "standard error; dotted: SFT)")
     axes[2].legend()
   for ax in axes:
     ax.set_xlabel("step")
