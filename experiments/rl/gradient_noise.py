@@ -14,8 +14,9 @@ and of SFT's loss (the reference answer's NLL) on the same questions, and prints
   grpo A vs sft  A    whether GRPO points where SFT does at all
   mean grpo vs mean sft   the average over the batches: the signal once noise is averaged
 
-Each grpo number is for G completions per question, G from `--groups`. Parameters in
-float32; the cosines are deterministic for fixed flags (the seeds are fixed).
+Each grpo number is for G completions per question, G from `--groups`; the rollouts of batch
+i sample with key(i) (A' with key(1000)). Three batches give rough cosines:
+experiments/rl/README.md reports both runs made.
 """
 
 import argparse
