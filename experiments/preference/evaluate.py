@@ -26,10 +26,13 @@ from lm.infer.engine import Engine
 from lm.infer.sampling import SamplingParams
 
 
+MAX_NEW_TOKENS = 48  # room for the longest answer with a pleasantry and a banned word
+
+
 def evaluate(policy_dir: str, reference_dir: str | None = None) -> dict:
   policy = Engine.from_workdir(policy_dir)
   records = tasks.records("eval")
-  replies = exact_match.replies(policy, records)
+  replies = exact_match.replies(policy, records, max_new_tokens=MAX_NEW_TOKENS)
   out: dict = {"tasks": {}}
   for name in tasks.TASK_NAMES:
     mine = [(r, reply) for r, reply in zip(records, replies) if r["task"] == name]
@@ -52,7 +55,7 @@ def evaluate(policy_dir: str, reference_dir: str | None = None) -> dict:
     reference = Engine.from_workdir(reference_dir)
     tokenizer = policy.tokenizer
     prompts = [chat_lib.render(tokenizer, exact_match.prompt_messages(r)) for r in records]
-    sampled = policy.generate(prompts, max_new_tokens=32, sampling=SamplingParams(temperature=1.0),
+    sampled = policy.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, sampling=SamplingParams(temperature=1.0),
                               seed=list(range(len(prompts))),
                               stop_token_ids=chat_lib.stop_token_ids(tokenizer))
     ref_logprobs = reference.score(prompts, [c.tokens for c in sampled])
