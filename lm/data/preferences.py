@@ -56,10 +56,15 @@ def true_reward(answer: str, reply: str) -> float:
   banned word. Correct beats wrong; among correct replies, shorter beats longer; a banned
   word loses to every clean reply."""
   words, answer_words = _words(reply), _words(answer)
-  correct = len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
   extra = min(max(len(words) - len(answer_words), 0), 10)
   banned = any(w in BANNED for w in words)
-  return 2.0 * correct - 0.1 * extra - 3.0 * banned
+  return 2.0 * answers(answer, reply) - 0.1 * extra - 3.0 * banned
+
+
+def answers(answer: str, reply: str) -> bool:
+  """Whether `reply` starts with the answer (whatever follows): the world's "correct"."""
+  words, answer_words = _words(reply), _words(answer)
+  return len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
 
 
 def _wrong(answer: str, rng: np.random.Generator) -> str:
