@@ -9,8 +9,15 @@ Command:  lm train --config=configs/quickstart.py --workdir=runs/quickstart   # 
           python experiments/preference/evaluate.py runs/sft_demos    # greedy true reward
           (`configs/sft_demos.py:DIR` starts from the model in DIR instead of runs/quickstart)
 Hardware: 2 CPU cores, no accelerator, no network.
-Runtime:  RUNTIME
-Result:   RESULT
+Runtime:  600 steps of 32 x 128 tokens: 6.7 minutes wall (401 s, 4.3 CPU-minutes; 2026-11-30,
+          2 cores shared with one other job: noisy); evaluate.py 5 s.
+Result:   from /work/runs/quickstart: held-out SFT loss 0.171 per assistant token at step
+          600. Greedy replies to the 300 held-out prompts all end ", Let me know if you need
+          more." (the most frequent pleasantry): true reward 0.653 (-0.7 for the seven extra
+          words), the answer right in 67.7% (add 18, lookup 46, count 42, reverse, sort and
+          units 100%: about the clean SFT model's 66.3%), exact match 0%
+          (experiments/preference/sft_demos_eval.json). Sampled at temperature 1 (PPO's
+          evaluation): true reward 0.239, a banned word in about a fifth of the replies.
 Settings as configs/sft_tasks.py but for the replies.
 """
 
