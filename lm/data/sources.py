@@ -441,6 +441,15 @@ def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
     train, held_out = tasks.records("train", tasks=names), tasks.records("eval", tasks=names)
   except ValueError as e:
     raise ValueError(f"data.source={source!r}: {e}") from e
+  return _chat_source(source, fields, train, held_out)
+
+
+def _chat_source(source: str, fields: tuple[str, ...], train: list[dict],
+                 held_out: list[dict]) -> Source:
+  """A built-in source's chat records, checked for the fields the stage reads."""
+  if not fields:
+    raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain does "
+                     "not read; train on them with stage='sft'")
   missing = [f for f in fields if f not in train[0]]
   if missing:
     raise ValueError(f"data.source={source!r}: its records have no field {missing[0]!r} "
@@ -459,9 +468,6 @@ def _demos_source(source: str, fields: tuple[str, ...]) -> Source:
   if unknown:
     raise ValueError(f"data.source={source!r}: unknown option {unknown[0]!r}; the options are "
                      "padded=<fraction>, banned=<fraction>, seed=<int>, tasks=<name>+<name>")
-  if not fields:
-    raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain does "
-                     "not read; train on them with stage='sft'")
   try:
     kwargs = {"padded": float(options.get("padded", 0.5)),
               "banned": float(options.get("banned", 0.2)), "seed": int(options.get("seed", 0)),
@@ -470,13 +476,7 @@ def _demos_source(source: str, fields: tuple[str, ...]) -> Source:
     held_out = preferences.demonstrations("eval", **kwargs)
   except ValueError as e:
     raise ValueError(f"data.source={source!r}: {e}") from e
-  missing = [f for f in fields if f not in train[0]]
-  if missing:
-    raise ValueError(f"data.source={source!r}: its records have no field {missing[0]!r} "
-                     f"(data.fields={','.join(fields)!r}; they have {sorted(train[0])})")
-  return Source(name=source, train=train, eval=held_out, entropy_rate=None,
-                description=f"{source}: {len(train)} train / {len(held_out)} held-out "
-                            "demonstrations")
+  return _chat_source(source, fields, train, held_out)
 
 
 def _preferences_source(source: str, fields: tuple[str, ...]) -> Source:
@@ -588,9 +588,6 @@ def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = (),
   if scheme == "tfds":
     return _tfds_source(source, data, fields)
   if source == "builtin:tasks" or source.startswith("builtin:tasks:"):
-    if not fields:
-      raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain "
-                       "does not read; train on them with stage='sft'")
     return _tasks_source(source, fields)
   if source == "builtin:preferences" or source.startswith("builtin:preferences:"):
     return _preferences_source(source, fields)
