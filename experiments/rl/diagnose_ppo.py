@@ -38,8 +38,8 @@ from lm.rl import rollout as rollout_lib  # pylint: disable=wrong-import-positio
 def breakdown(answer: str, reply: str) -> dict[str, float]:
   """The true reward of `reply` and its three parts."""
   words, answer_words = preferences._words(reply), preferences._words(answer)  # pylint: disable=protected-access
-  correct = words[:len(answer_words)] == answer_words and len(words) >= len(answer_words)
-  return {"true": preferences.true_reward(answer, reply), "correct": float(correct),
+  return {"true": preferences.true_reward(answer, reply),
+          "correct": float(preferences.answers(answer, reply)),
           "extra": float(min(max(len(words) - len(answer_words), 0), 10)),
           "banned": float(any(w in preferences.BANNED for w in words))}
 

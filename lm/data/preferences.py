@@ -4,6 +4,8 @@
     -> {"prompt": "Add: 47+385", "chosen": "432", "rejected": "432, I hope that helps.",
         "task": "add", "answer": "432", "kind": "concise"}
     true_reward("432", "432 honestly")    # -1.0: correct, but a banned word
+    demonstrations("train")               # SFT records with the habits the raters dislike
+    -> {"messages": [..., {"role": "assistant", "content": "432, Glad to help!"}], ...}
 
 The prompts are those of the built-in tasks (lm/data/tasks.py), with their train / held-out
 split, so a held-out prompt never occurs in training. Each prompt gets one pair of replies
@@ -54,10 +56,15 @@ def true_reward(answer: str, reply: str) -> float:
   banned word. Correct beats wrong; among correct replies, shorter beats longer; a banned
   word loses to every clean reply."""
   words, answer_words = _words(reply), _words(answer)
-  correct = len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
   extra = min(max(len(words) - len(answer_words), 0), 10)
   banned = any(w in BANNED for w in words)
-  return 2.0 * correct - 0.1 * extra - 3.0 * banned
+  return 2.0 * answers(answer, reply) - 0.1 * extra - 3.0 * banned
+
+
+def answers(answer: str, reply: str) -> bool:
+  """Whether `reply` starts with the answer (whatever follows): the world's "correct"."""
+  words, answer_words = _words(reply), _words(answer)
+  return len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
 
 
 def _wrong(answer: str, rng: np.random.Generator) -> str:
@@ -115,4 +122,31 @@ def records(split: str, seed: int = 0, noise: float = 0.0,
       better, worse = worse, better
     out.append({"prompt": record["messages"][0]["content"], "chosen": better,
                 "rejected": worse, "task": record["task"], "answer": answer, "kind": kind})
+  return out
+
+
+def demonstrations(split: str, seed: int = 0, padded: float = 0.5, banned: float = 0.2,
+                   task_names: Sequence[str] | None = None) -> list[dict]:
+  """SFT records of the built-in tasks written the way careless demonstrators write: always
+  the correct answer, then in a fraction `banned` of the replies a banned word after a comma
+  ("432, honestly"), and in a fraction `padded` of the others a pleasantry ("432, Glad to
+  help!"). A model trained on them has the habits this world's raters dislike, as SFT models
+  trained on human demonstrations do, so preference learning has more to remove than wrong
+  answers: the clean SFT model of configs/sft_tasks.py never pads and never says a banned
+  word, which leaves DPO and PPO only correctness to gain."""
+  for name, value in (("padded", padded), ("banned", banned)):
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"{name}={value}: a fraction of the replies, in [0, 1]")
+  rng = np.random.default_rng([int(seed), 11, split == "eval"])
+  out = []
+  for record in tasks.records(split, seed=seed, tasks=task_names):
+    answer, draw = record["answer"], rng.random()
+    if draw < banned:
+      reply = f"{answer}, {BANNED[int(rng.integers(len(BANNED)))]}"
+    elif draw < banned + (1.0 - banned) * padded:
+      reply = _padded(answer, rng)
+    else:
+      reply = answer
+    out.append({**record, "messages": [record["messages"][0],
+                                       {"role": "assistant", "content": reply}]})
   return out

@@ -14,6 +14,11 @@
                         reward (lm/data/preferences.py), for stage="reward" / "dpo"; options:
                         builtin:preferences:noise=0.1,seed=0,tasks=add+sort,
                         kinds=correct+concise (of correct, concise, banned)
+  builtin:demos         the built-in tasks' chat records with replies the way careless people
+                        write them: the correct answer, padded or with a banned word of the
+                        preference world (lm/data/preferences.demonstrations), for an SFT
+                        start with habits to unlearn; builtin:demos:padded=0.5,banned=0.2,
+                        seed=0,tasks=add+sort
   builtin:stdlib        ~1.7 MB of English prose shipped with Python itself: the pydoc topic
                         pages and every long docstring of the standard library. No network.
   synthetic:markov      a first-order Markov chain over a small alphabet whose entropy rate is
@@ -436,6 +441,15 @@ def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
     train, held_out = tasks.records("train", tasks=names), tasks.records("eval", tasks=names)
   except ValueError as e:
     raise ValueError(f"data.source={source!r}: {e}") from e
+  return _chat_source(source, fields, train, held_out)
+
+
+def _chat_source(source: str, fields: tuple[str, ...], train: list[dict],
+                 held_out: list[dict]) -> Source:
+  """A built-in source's chat records, checked for the fields the stage reads."""
+  if not fields:
+    raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain does "
+                     "not read; train on them with stage='sft'")
   missing = [f for f in fields if f not in train[0]]
   if missing:
     raise ValueError(f"data.source={source!r}: its records have no field {missing[0]!r} "
@@ -443,6 +457,26 @@ def _tasks_source(source: str, fields: tuple[str, ...]) -> Source:
   return Source(name=source, train=train, eval=held_out, entropy_rate=None,
                 description=f"{source}: {len(train)} train / {len(held_out)} held-out records "
                             f"of the tasks {sorted({r['task'] for r in train})}")
+
+
+def _demos_source(source: str, fields: tuple[str, ...]) -> Source:
+  """builtin:demos[:padded=0.5,banned=0.2,seed=0,tasks=add+sort]: SFT records whose replies
+  pad and say banned words (lm/data/preferences.demonstrations), generated here."""
+  from lm.data import preferences  # pylint: disable=import-outside-toplevel
+  options = _parse_options(source.split(":", 2)[2]) if source.count(":") > 1 else {}
+  unknown = sorted(set(options) - {"padded", "banned", "seed", "tasks"})
+  if unknown:
+    raise ValueError(f"data.source={source!r}: unknown option {unknown[0]!r}; the options are "
+                     "padded=<fraction>, banned=<fraction>, seed=<int>, tasks=<name>+<name>")
+  try:
+    kwargs = {"padded": float(options.get("padded", 0.5)),
+              "banned": float(options.get("banned", 0.2)), "seed": int(options.get("seed", 0)),
+              "task_names": options["tasks"].split("+") if "tasks" in options else None}
+    train = preferences.demonstrations("train", **kwargs)
+    held_out = preferences.demonstrations("eval", **kwargs)
+  except ValueError as e:
+    raise ValueError(f"data.source={source!r}: {e}") from e
+  return _chat_source(source, fields, train, held_out)
 
 
 def _preferences_source(source: str, fields: tuple[str, ...]) -> Source:
@@ -554,12 +588,11 @@ def open_source(data: ml_collections.ConfigDict, fields: tuple[str, ...] = (),
   if scheme == "tfds":
     return _tfds_source(source, data, fields)
   if source == "builtin:tasks" or source.startswith("builtin:tasks:"):
-    if not fields:
-      raise ValueError(f"data.source={source!r} holds chat records, which stage=pretrain "
-                       "does not read; train on them with stage='sft'")
     return _tasks_source(source, fields)
   if source == "builtin:preferences" or source.startswith("builtin:preferences:"):
     return _preferences_source(source, fields)
+  if source == "builtin:demos" or source.startswith("builtin:demos:"):
+    return _demos_source(source, fields)
   if scheme in ("builtin", "synthetic", "text", "jsonl"):
     return _local_source(source, data, fields, check)
   raise ValueError(f"data.source={source!r} has an unknown scheme {scheme!r}; use "

@@ -106,6 +106,32 @@ def test_builtin_preferences_source_and_its_options(tmp_path):
     sources.open_source(data_config(tmp_path, "builtin:preferences"), ("messages",))
 
 
+def test_demonstrations_are_correct_and_carry_the_set_share_of_each_habit(tmp_path):
+  """builtin:demos: every reply starts with the answer (an SFT model trained on them learns
+  the tasks), a fraction `banned` of them says a banned word, a fraction `padded` of the
+  others a pleasantry; their questions and split are the tasks' own."""
+  source = sources.open_source(
+      data_config(tmp_path, "builtin:demos:padded=0.5,banned=0.2,tasks=add+count"), ("messages",))
+  records = list(source.train)
+  assert [r["messages"][0] for r in records] == [
+      r["messages"][0] for r in tasks.records("train", tasks=["add", "count"])]
+  replies = [(r["answer"], r["messages"][1]["content"]) for r in records]
+  words = [reply.replace(",", " ").split() for _, reply in replies]
+  assert all(w[0] == answer for (answer, _), w in zip(replies, words))
+  banned = np.mean([any(x in preferences.BANNED for x in w) for w in words])
+  padded = np.mean([reply.endswith(preferences.PADDING) for _, reply in replies])
+  bare = np.mean([reply == answer for answer, reply in replies])
+  assert 0.18 < banned < 0.22 and 0.38 < padded < 0.42 and 0.38 < bare < 0.42
+  assert banned + padded + bare == pytest.approx(1.0)
+  assert len(source.eval) == 2 * tasks.EVAL_PER_TASK
+  with pytest.raises(ValueError, match="unknown option 'pad'"):
+    sources.open_source(data_config(tmp_path, "builtin:demos:pad=0.5"), ("messages",))
+  with pytest.raises(ValueError, match="banned=1.5"):
+    sources.open_source(data_config(tmp_path, "builtin:demos:banned=1.5"), ("messages",))
+  with pytest.raises(ValueError, match="stage='sft'"):
+    sources.open_source(data_config(tmp_path, "builtin:demos"), ())
+
+
 def test_pair_rows_mask_exactly_the_reply_and_point_at_its_last_token():
   """The masked targets of each side decode to that reply and its end-of-turn token, the
   earlier assistant turn of a multi-turn prompt is context, and `last` is the reply's last
