@@ -158,11 +158,12 @@ def training_rows(rollout: Rollout) -> dict[str, jax.Array]:
 
 
 def completion_logits(apply: Callable, params: Any, rows: dict[str, jax.Array],
-                      prompt_len: int) -> jax.Array:
-  """Logits [B, N, V] (float32) that predict each completion token under `params`."""
+                      prompt_len: int, temperature: float = 1.0) -> jax.Array:
+  """Logits [B, N, V] (float32) that predict each completion token under `params`, divided by
+  the sampling temperature: the distribution the completions were drawn from (TRL's GRPO)."""
   logits = apply(params, rows["inputs"], positions=rows["positions"],
                  segment_ids=rows["segment_ids"])                        # [B, T, V]
-  return logits[:, prompt_len - 1:].astype(jnp.float32)
+  return logits[:, prompt_len - 1:].astype(jnp.float32) / temperature
 
 
 def logprobs_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -172,10 +173,11 @@ def logprobs_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def completion_logprobs(apply: Callable, params: Any, rows: dict[str, jax.Array],
-                        prompt_len: int) -> jax.Array:
-  """log p(completion token | prompt, earlier tokens) under `params`: [B, N], by a training
-  forward pass (`apply(params, tokens, **kwargs)` as the loop's loss functions get it)."""
-  logits = completion_logits(apply, params, rows, prompt_len)
+                        prompt_len: int, temperature: float = 1.0) -> jax.Array:
+  """log p(completion token | prompt, earlier tokens) under `params` at `temperature`:
+  [B, N], by a training forward pass (`apply(params, tokens, **kwargs)` as the loop's loss
+  functions get it)."""
+  logits = completion_logits(apply, params, rows, prompt_len, temperature)
   return logprobs_of(logits, rows["targets"][:, prompt_len - 1:])
 
 

@@ -31,6 +31,9 @@ the train state where they are generated), so a run resumed from a checkpoint re
 same completions. With num_iterations > 1, `train.checkpoint_every` must be a multiple of
 it (a checkpoint then always starts a fresh batch of rollouts).
 
+As TRL's, every log-prob (policy, old policy, reference) and the entropy are those of the
+distribution the completions were sampled from: the logits divided by `rl.temperature`.
+
 Where this differs from TRL's GRPOTrainer defaults: `rl.beta` is 0.04 (TRL 1.x: 0.0, no
 reference); `train.batch_size` counts prompts (B x G completions are trained per step; TRL
 counts completions); the held-out evaluation is the negative log-likelihood of the reference
@@ -76,8 +79,9 @@ def check(config: ml_collections.ConfigDict, model_config: ModelConfig | None = 
   for name in ("max_prompt_len", "max_new_tokens", "num_iterations"):
     if rl[name] <= 0:
       errors.append(f"rl.{name}={rl[name]} must be positive")
-  if rl.temperature < 0:
-    errors.append(f"rl.temperature={rl.temperature} must be >= 0")
+  if rl.temperature <= 0:
+    errors.append(f"rl.temperature={rl.temperature} must be > 0 (at 0 a group's completions "
+                  "are all the same: no advantage)")
   if not 0 <= rl.epsilon < 1 or rl.epsilon_high < 0:
     errors.append(f"rl.epsilon={rl.epsilon} must be in [0, 1), rl.epsilon_high="
                   f"{rl.epsilon_high} >= 0")
@@ -150,7 +154,8 @@ class Stage:
 
   def loss(self, apply: Callable, params: Any, frozen: Any, batch: dict[str, jax.Array]):
     del frozen  # the reference's log-probs came with the rollouts
-    logits = rollout_lib.completion_logits(apply, params, batch, self.prompt_len)  # [B, N, V]
+    logits = rollout_lib.completion_logits(apply, params, batch, self.prompt_len,
+                                           self.rl.temperature)           # [B, N, V]
     logps = rollout_lib.logprobs_of(logits, batch["targets"][:, self.prompt_len - 1:])
     old = batch["old_logps"] if "old_logps" in batch else jax.lax.stop_gradient(logps)
     pieces = losses.grpo_per_token(logps, old, batch.get("ref_logps"), batch["advantages"],
@@ -207,7 +212,7 @@ class Stage:
     model_config, settings, g = self.model_config, self.settings, self.group_size
     model = Decoder(model_config)
     apply = lambda p, t, **kw: model.apply({"params": p}, t, **kw)
-    scores_old = self.rl.num_iterations > 1
+    scores_old, temperature = self.rl.num_iterations > 1, self.rl.temperature
 
     def fn(params, frozen, prompts, start, key):
       policy, reference = self.policy_of(params, frozen)
@@ -218,10 +223,10 @@ class Stage:
                "sampled_logps": out.logprobs}
       if self.uses_reference:
         batch["ref_logps"] = rollout_lib.completion_logprobs(apply, reference, rows,
-                                                             out.prompt_len)
+                                                             out.prompt_len, temperature)
       if scores_old:
         batch["old_logps"] = rollout_lib.completion_logprobs(apply, policy, rows,
-                                                             out.prompt_len)
+                                                             out.prompt_len, temperature)
       return batch
 
     return jax.jit(fn, out_shardings=sharding)

@@ -1,6 +1,6 @@
 """GRPO (lm/stages/grpo.py) end to end: kill -9 and resume replays the same rollouts bit for
 bit; 8 CPU devices give one device's metrics; under LoRA the rollouts decode the adapted
-policy; bad rl.* fields are named."""
+policy; completions are scored at the sampling temperature; bad rl.* fields are named."""
 
 import json
 import os
@@ -21,6 +21,9 @@ from lm import stages
 from lm.data import tokenizer as tokenizer_lib
 from lm.model import Decoder
 from lm.model import lora as lora_lib
+from lm.parallel import mesh as mesh_lib
+from lm.parallel import rules as rules_lib
+from lm.rl import rollout as rollout_lib
 from lm.stages import train_and_evaluate
 from tests.metrics_log import records
 
@@ -154,6 +157,35 @@ def test_lora_rollouts_decode_the_adapted_policy(data_cache):
   np.testing.assert_allclose(np.asarray(plain(reference)), np.asarray(base), atol=1e-5)
 
 
+def test_completions_are_scored_at_the_sampling_temperature(data_cache):
+  """As TRL's GRPO: the old policy's and the reference's log-probs of a completion are those
+  of the distribution it was drawn from, log softmax(logits / rl.temperature), and the loss
+  scores the same way (at the rollout's own parameters: ratio 1, nothing clipped, KL 0)."""
+  config = small_config(data_cache, rl__temperature=0.5, rl__num_iterations=2,
+                        rl__beta=0.04)
+  stage = stages.for_config(config)(config, tokenizer_lib.get("byte"))
+  model = stage.make_model(config_lib.model_config(config))
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  params, frozen = stage.partition(params)
+  prompts, start = rollout_lib.left_pad([[5, 6, 7, 8], [9, 10, 11]], 24)
+  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules_lib.DEFAULT_RULES):
+    batch = stage._make_rollout_fn(rules_lib.batch_sharding(mesh))(  # pylint: disable=protected-access
+        params, frozen, prompts, start, jax.random.key(1))
+    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                         segment_ids=batch["segment_ids"])[:, 23:]    # [B G, N, V]
+    batch["advantages"] = jnp.asarray([1.0, -1.0, 0.5, -0.5])
+    apply = lambda p, t, **kw: model.apply({"params": p}, t, **kw)
+    _, sums = jax.jit(stage.loss, static_argnums=0)(apply, params, frozen, batch)
+  tempered = jax.nn.log_softmax(np.asarray(logits, np.float64) / 0.5, axis=-1)
+  expected = np.take_along_axis(tempered, np.asarray(batch["targets"])[:, 23:, None], -1)[..., 0]
+  mask = np.asarray(batch["completion_mask"])
+  assert mask.sum() > 4
+  for name in ("old_logps", "ref_logps"):
+    np.testing.assert_allclose(np.asarray(batch[name]) * mask, expected * mask, atol=1e-5)
+  assert float(sums["clip_ratio"]) == 0.0 and abs(float(sums["kl"])) < 1e-5
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"rl__group_size": 1}, "rl.group_size=1 must be >= 2"),
     ({"rl__loss_type": "grpo"}, "rl.loss_type='grpo' is not one of"),
@@ -161,6 +193,7 @@ def test_lora_rollouts_decode_the_adapted_policy(data_cache):
     ({"rl__num_iterations": 3}, "train.checkpoint_every=1000 must be a multiple of "
                                 "rl.num_iterations=3"),
     ({"rl__max_prompt_len": 600}, "exceeds model.max_seq_len=512"),
+    ({"rl__temperature": 0.0}, "rl.temperature=0.0 must be > 0"),
 ])
 def test_bad_rl_fields_are_named(data_cache, tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
