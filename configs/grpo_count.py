@@ -15,6 +15,8 @@ Result:   held-out greedy exact match on count, SFT -> GRPO step 400: 39.4 -> 51
           step 225 is at least 3 points above SFT (500 questions), the last four 46.8-51.6%.
           The sampled reward on the training questions rises 0.33 -> 0.50. The other tasks,
           not trained: add 9.8 -> 11.8%, lookup 53.0 -> 52.0%, sort 98.6 -> 93.8%.
+          With --config.seed=1 (other questions and samples; 300 steps, 18 minutes wall):
+          39.4 -> 51.0% at step 300 (2,000 questions: 36.5 -> 47.0%).
 """
 
 from lm import config as config_lib
