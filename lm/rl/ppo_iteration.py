@@ -86,11 +86,9 @@ class _Sampler:
 
   def reference_logprobs(self, frozen: Any, rows: dict) -> jax.Array:
     """[B, N]: the reference's log-probs of the response tokens (sampling temperature)."""
-    first = self.stage.prompt_len - 1
-    logits = self.reference.apply({"params": frozen["reference"]}, rows["inputs"],
-                                  positions=rows["positions"], segment_ids=rows["segment_ids"])
-    logits = logits[:, first:].astype(jnp.float32) / self.stage.rl.temperature
-    return rollout_lib.logprobs_of(logits, rows["targets"][:, first:])
+    apply = lambda p, tokens, **kw: self.reference.apply({"params": p}, tokens, **kw)
+    return rollout_lib.completion_logprobs(apply, frozen["reference"], rows,
+                                           self.stage.prompt_len, self.stage.rl.temperature)
 
   def score(self, rollout: Any, index: jax.Array, group: int, records: Any
             ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str], list[str], np.ndarray]:
