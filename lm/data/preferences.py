@@ -58,12 +58,15 @@ def true_reward(answer: str, reply: str) -> float:
   words, answer_words = _words(reply), _words(answer)
   extra = min(max(len(words) - len(answer_words), 0), 10)
   banned = any(w in BANNED for w in words)
-  return 2.0 * answers(answer, reply) - 0.1 * extra - 3.0 * banned
+  return 2.0 * _starts_with(words, answer_words) - 0.1 * extra - 3.0 * banned
 
 
 def answers(answer: str, reply: str) -> bool:
   """Whether `reply` starts with the answer (whatever follows): the world's "correct"."""
-  words, answer_words = _words(reply), _words(answer)
+  return _starts_with(_words(reply), _words(answer))
+
+
+def _starts_with(words: list[str], answer_words: list[str]) -> bool:
   return len(words) >= len(answer_words) and words[:len(answer_words)] == answer_words
 
 
